@@ -1,0 +1,1 @@
+"""Token verification, identity mapping and upstream credentials."""

@@ -1,0 +1,1 @@
+"""Upstreams: the servers and APIs the gateway stands in front of."""

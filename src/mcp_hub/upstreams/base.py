@@ -1,0 +1,134 @@
+"""The one small interface every kind of upstream implements."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import mcp_types as types
+from anyio.abc import TaskStatus
+
+from mcp_hub.auth.identity import Consumer, anonymous
+
+
+class UpstreamState(enum.StrEnum):
+    CONNECTING = "connecting"
+    UP = "up"
+    DOWN = "down"
+    STOPPED = "stopped"
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream cannot serve the request now (down, reconnecting, timed out)."""
+
+
+@dataclass(slots=True)
+class UpstreamCatalog:
+    """What one upstream offers, under its own (original) names."""
+
+    tools: list[types.Tool] = field(default_factory=list)
+    resources: list[types.Resource] = field(default_factory=list)
+    resource_templates: list[types.ResourceTemplate] = field(default_factory=list)
+    prompts: list[types.Prompt] = field(default_factory=list)
+
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class DownstreamPeer(ABC):
+    """The downstream client that made a call: where an upstream's requests and notes go back to."""
+
+    @abstractmethod
+    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Send a server-to-client request (sampling, elicitation, roots) and return the raw result."""
+
+    @abstractmethod
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
+        """Relay a log message to the caller."""
+
+    @abstractmethod
+    def supports(self, method: str) -> bool:
+        """Whether the caller declared the capability `method` needs."""
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What an upstream may use from the downstream request it serves."""
+
+    consumer: Consumer = field(default_factory=anonymous)
+    progress: ProgressFn | None = None
+    peer: DownstreamPeer | None = None
+    # Extra request headers decided for this call (credentials, forwarded claims). HTTP upstreams only.
+    headers: dict[str, str] = field(default_factory=dict)
+    # The caller's own credential for the upstream, when the upstream passes it through.
+    caller_token: str | None = None
+    timeout: float | None = None
+
+
+class Upstream(ABC):
+    """A source of tools, resources and prompts that the gateway merges into its catalog.
+
+    `run` is long-lived: it connects, keeps `catalog` and `state` current, reconnects after a
+    failure, and returns only when cancelled. It calls `task_status.started()` once its first
+    connection attempt has finished, successful or not, so the gateway can start with an upstream
+    that is down.
+    """
+
+    kind: str = "upstream"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = UpstreamState.CONNECTING
+        self.last_error: str | None = None
+        self.catalog = UpstreamCatalog()
+        self._listeners: list[Callable[[Upstream], None]] = []
+        self.changed = anyio.Event()
+
+    def on_catalog_change(self, listener: Callable[[Upstream], None]) -> None:
+        self._listeners.append(listener)
+
+    def _set_catalog(self, catalog: UpstreamCatalog) -> None:
+        self.catalog = catalog
+        for listener in self._listeners:
+            listener(self)
+
+    def _set_state(self, state: UpstreamState, error: str | None = None) -> None:
+        changed = state != self.state
+        self.state = state
+        self.last_error = error
+        if changed:
+            for listener in self._listeners:
+                listener(self)
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "state": self.state.value, "tools": len(self.catalog.tools)}
+        if self.last_error:
+            out["error"] = self.last_error
+        return out
+
+    @abstractmethod
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
+
+    @abstractmethod
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> types.CallToolResult: ...
+
+    async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult:
+        raise UpstreamUnavailable(f"upstream {self.name!r} serves no resources")
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, str] | None, ctx: CallContext
+    ) -> types.GetPromptResult:
+        raise UpstreamUnavailable(f"upstream {self.name!r} serves no prompts")
+
+    async def complete(self, params: types.CompleteRequestParams, ctx: CallContext) -> types.CompleteResult:
+        return types.CompleteResult(completion=types.Completion(values=[]))
+
+    async def subscribe(self, uri: str) -> None:
+        raise UpstreamUnavailable(f"upstream {self.name!r} does not support subscriptions")
+
+    async def unsubscribe(self, uri: str) -> None:
+        return None
