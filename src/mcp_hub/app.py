@@ -1,0 +1,119 @@
+"""Builds the ASGI app: MCP routes (Streamable HTTP), /healthz, /metrics, PRM and the admin API."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_hub.auth.identity import Consumer, anonymous
+from mcp_hub.config import GatewayConfig
+from mcp_hub.gateway import CONSUMER_SCOPE_KEY, Gateway
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def transport_security(config: GatewayConfig) -> TransportSecuritySettings | None:
+    """DNS-rebinding protection: on by default for loopback binds, or when hosts are configured."""
+    listen = config.listen
+    if listen.allowed_hosts is None and not is_loopback(listen.host):
+        return None
+    hosts = listen.allowed_hosts or ["127.0.0.1:*", "localhost:*", "[::1]:*"]
+    origins = listen.allowed_origins or ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+class _StaticConsumer:
+    """ASGI wrapper that names the consumer when auth is off."""
+
+    def __init__(self, app: ASGIApp, consumer: Consumer) -> None:
+        self.app = app
+        self.consumer = consumer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[CONSUMER_SCOPE_KEY] = self.consumer
+        await self.app(scope, receive, send)
+
+
+def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) -> Starlette:
+    """The whole HTTP surface of one gateway process."""
+    config = gateway.config
+    security = transport_security(config)
+    managers: list[StreamableHTTPSessionManager] = []
+    routes: list[BaseRoute] = []
+    protect = _auth_wrapper(gateway)
+    for route in gateway.routes.values():
+        assert route.server is not None
+        manager = StreamableHTTPSessionManager(
+            app=route.server,
+            stateless=config.listen.stateless,
+            json_response=config.listen.json_response,
+            security_settings=security,
+            max_request_body_size=config.listen.max_request_body,
+        )
+        managers.append(manager)
+        endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
+        endpoint = protect(endpoint, route.path)
+        routes.append(Route(route.path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
+    routes.extend(_auth_routes(gateway))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse(gateway.health())
+
+    routes.append(Route("/healthz", healthz, methods=["GET"]))
+    metrics = getattr(gateway.pipeline, "metrics", None)
+    if metrics is not None:
+
+        async def metrics_endpoint(request: Request) -> Response:
+            body, content_type = metrics.render()
+            return Response(body, media_type=content_type)
+
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    routes.extend(extra_routes or [])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as stack:
+            await tg.start(gateway.run)
+            for manager in managers:
+                await stack.enter_async_context(manager.run())
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[])
+
+
+def _auth_wrapper(gateway: Gateway) -> Any:
+    """How each MCP route is protected: the auth gate when auth is on, a fixed consumer when off."""
+    auth = getattr(gateway, "auth", None)
+    if auth is not None:
+        return auth.protect
+    consumer = gateway.default_consumer or anonymous()
+    return lambda app, path: _StaticConsumer(app, consumer)
+
+
+def _auth_routes(gateway: Gateway) -> list[BaseRoute]:
+    auth = getattr(gateway, "auth", None)
+    return list(auth.routes(list(gateway.routes))) if auth is not None else []

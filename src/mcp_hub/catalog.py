@@ -1,0 +1,166 @@
+"""The merged catalog: exposed names, collisions, and exposed name -> (upstream, original name)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, unquote
+
+import mcp_types as types
+from mcp.shared.uri_template import UriTemplate
+
+from mcp_hub.upstreams.base import UpstreamCatalog
+
+TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MAX_NAME = 64
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
+# Resource URIs served by two upstreams of one route are exposed under this scheme instead.
+HUB_URI_SCHEME = "mcphub"
+
+
+def sanitize_name(name: str, max_len: int = MAX_NAME) -> str:
+    """Map any name onto ^[a-zA-Z0-9_-]{1,64}$, deterministically.
+
+    Other characters become `_`; a name that changed or is too long gets an 8-hex suffix from the
+    original, so two different originals never sanitize to the same result by accident.
+    """
+    clean = _UNSAFE.sub("_", name)
+    if clean and clean == name and len(clean) <= max_len:
+        return clean
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    if clean == name:  # only too long
+        return f"{clean[: max_len - 9]}_{digest}"
+    clean = clean.strip("_") or "tool"
+    room = max_len - 9
+    return f"{clean[:room]}_{digest}"
+
+
+def exposed_name(prefix: str, separator: str, name: str) -> str:
+    """`<prefix><separator><name>`, or `name` when the prefix is empty, made valid."""
+    return sanitize_name(f"{prefix}{separator}{name}" if prefix else name)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an exposed item comes from."""
+
+    upstream: str
+    original: str
+
+
+@dataclass(slots=True)
+class CatalogView:
+    """What one route (virtual server) exposes, built from its upstreams' catalogs.
+
+    Immutable once built: a change builds a new view, so a request holds a consistent snapshot.
+    """
+
+    version: int
+    tools: dict[str, tuple[types.Tool, Source]] = field(default_factory=dict)
+    prompts: dict[str, tuple[types.Prompt, Source]] = field(default_factory=dict)
+    resources: dict[str, tuple[types.Resource, Source]] = field(default_factory=dict)
+    templates: list[tuple[types.ResourceTemplate, UriTemplate | None, str]] = field(default_factory=list)
+    collisions: list[str] = field(default_factory=list)
+    tool_list: list[types.Tool] = field(default_factory=list)
+    prompt_list: list[types.Prompt] = field(default_factory=list)
+    resource_list: list[types.Resource] = field(default_factory=list)
+    template_list: list[types.ResourceTemplate] = field(default_factory=list)
+    upstream_of_uri_cache: dict[str, str] = field(default_factory=dict)
+
+    def tool(self, name: str) -> tuple[types.Tool, Source] | None:
+        return self.tools.get(name)
+
+    def input_schema(self, name: str) -> Mapping[str, Any] | None:
+        entry = self.tools.get(name)
+        return entry[0].input_schema if entry else None
+
+    def resolve_uri(self, uri: str) -> Source | None:
+        """The upstream that serves a resource URI: listed resources first, then templates."""
+        entry = self.resources.get(uri)
+        if entry is not None:
+            return entry[1]
+        if uri.startswith(f"{HUB_URI_SCHEME}://"):
+            rest = uri[len(HUB_URI_SCHEME) + 3 :]
+            upstream, _, original = rest.partition("/")
+            return Source(upstream, unquote(original))
+        cached = self.upstream_of_uri_cache.get(uri)
+        if cached is not None:
+            return Source(cached, uri)
+        matches = {up for _, tpl, up in self.templates if tpl is not None and tpl.match(uri) is not None}
+        if len(matches) == 1:
+            upstream = matches.pop()
+            if len(self.upstream_of_uri_cache) < 10_000:
+                self.upstream_of_uri_cache[uri] = upstream
+            return Source(upstream, uri)
+        return None
+
+
+def _copy_named(item: Any, name: str) -> Any:
+    return item if item.name == name else item.model_copy(update={"name": name})
+
+
+def build_view(
+    version: int,
+    catalogs: Sequence[tuple[str, str, UpstreamCatalog]],
+    *,
+    separator: str = "__",
+) -> CatalogView:
+    """Merge (upstream name, prefix, catalog) triples into one view.
+
+    Collisions are recorded with both sources named; the entry seen first (upstreams in config
+    order) stays, so a running route never changes meaning under its clients.
+    """
+    view = CatalogView(version=version)
+    for upstream, prefix, catalog in catalogs:
+        for tool in catalog.tools:
+            name = exposed_name(prefix, separator, tool.name)
+            if name in view.tools:
+                other = view.tools[name][1]
+                view.collisions.append(
+                    f"tool {name!r} is offered by {other.upstream}:{other.original} and {upstream}:{tool.name}"
+                )
+                continue
+            view.tools[name] = (_copy_named(tool, name), Source(upstream, tool.name))
+        for prompt in catalog.prompts:
+            name = exposed_name(prefix, separator, prompt.name)
+            if name in view.prompts:
+                other = view.prompts[name][1]
+                view.collisions.append(
+                    f"prompt {name!r} is offered by {other.upstream}:{other.original} and {upstream}:{prompt.name}"
+                )
+                continue
+            view.prompts[name] = (_copy_named(prompt, name), Source(upstream, prompt.name))
+        for template in catalog.resource_templates:
+            try:
+                compiled: UriTemplate | None = UriTemplate.parse(template.uri_template)
+            except Exception:  # noqa: BLE001 - an unparsable template is listed but never routed by match
+                compiled = None
+            view.templates.append((template, compiled, upstream))
+    # Resource URIs: unchanged when one upstream serves them, namespaced when several do.
+    owners: dict[str, list[tuple[types.Resource, str]]] = {}
+    for upstream, _prefix, catalog in catalogs:
+        for resource in catalog.resources:
+            owners.setdefault(str(resource.uri), []).append((resource, upstream))
+    for uri, served in owners.items():
+        if len(served) == 1:
+            resource, upstream = served[0]
+            view.resources[uri] = (resource, Source(upstream, uri))
+            continue
+        view.collisions.append(
+            f"resource {uri!r} is offered by {', '.join(u for _, u in served)}; exposed as {HUB_URI_SCHEME}:// URIs"
+        )
+        for resource, upstream in served:
+            hub_uri = f"{HUB_URI_SCHEME}://{upstream}/{quote(uri, safe='')}"
+            view.resources[hub_uri] = (resource.model_copy(update={"uri": hub_uri}), Source(upstream, uri))
+    view.tool_list = [t for t, _ in view.tools.values()]
+    view.prompt_list = [p for p, _ in view.prompts.values()]
+    view.resource_list = [r for r, _ in view.resources.values()]
+    view.template_list = [t for t, _, _ in view.templates]
+    return view
+
+
+def names(items: Iterable[Any]) -> list[str]:
+    return [item.name for item in items]

@@ -1,0 +1,52 @@
+"""Ready-made upstream definitions that a config includes by name (`include: [time, git]`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The shipped connectors live at the top of the source tree, beside src/.
+CONNECTORS_DIR = Path(__file__).resolve().parents[2] / "connectors"
+
+
+def connector_path(name: str, base_dir: Path | None = None) -> Path | None:
+    """Find a connector by name (connectors/NAME.yaml) or by path relative to the config."""
+    candidates = []
+    if name.endswith((".yaml", ".yml")):
+        candidates.append((base_dir or Path.cwd()) / name)
+    candidates.append(CONNECTORS_DIR / f"{name}.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in CONNECTORS_DIR.glob("*.yaml")) if CONNECTORS_DIR.is_dir() else []
+
+
+def expand_includes(raw: dict[str, Any], *, base_dir: Path | None, source: str | None) -> dict[str, Any]:
+    """Merge included connectors' `upstreams` and `openapi` entries under the config's own.
+
+    The config's own entries win over an included one with the same name, so a connector can be
+    included and then adjusted.
+    """
+    from mcp_hub.config import ConfigError, interpolate
+
+    includes = raw.get("include") or []
+    if not isinstance(includes, list):
+        raise ConfigError(["include: must be a list of connector names"], source)
+    for index, name in enumerate(includes):
+        path = connector_path(str(name), base_dir)
+        if path is None:
+            known = ", ".join(available()) or "none"
+            raise ConfigError([f"include[{index}]: no connector named {name!r} (known: {known})"], source)
+        data = interpolate(yaml.safe_load(path.read_text()) or {}, f"include[{index}]")
+        for section in ("upstreams", "openapi"):
+            merged = dict(data.get(section) or {})
+            merged.update(raw.get(section) or {})
+            if merged:
+                raw[section] = merged
+    return raw

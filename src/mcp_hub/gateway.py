@@ -1,0 +1,553 @@
+"""The gateway: upstreams, routes (virtual servers) and the SDK low-level servers that serve them.
+
+Each route is an SDK `Server` whose handlers read the route's current `CatalogView`, ask policy,
+and forward to the upstream that owns the item under its original name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import jsonschema
+import mcp_types as types
+from anyio.abc import TaskStatus
+from mcp.server.connection import Connection
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
+
+from mcp_hub import __version__
+from mcp_hub.auth.identity import Consumer, anonymous
+from mcp_hub.catalog import CatalogView, Source, build_view
+from mcp_hub.config import GatewayConfig, ServerRoute
+from mcp_hub.pipeline import CallOutcome, Pipeline
+from mcp_hub.upstreams.base import CallContext, DownstreamPeer, Upstream, UpstreamUnavailable
+from mcp_hub.upstreams.mcp import McpUpstream
+
+logger = logging.getLogger(__name__)
+
+ALL_ROUTE = "/mcp"
+CONSUMER_SCOPE_KEY = "mcp_hub.consumer"
+ACCESS_TOKEN_SCOPE_KEY = "mcp_hub.access_token"
+
+_PEER_REQUESTS: dict[str, tuple[type[Any], type[Any], types.ClientCapabilities]] = {
+    "sampling/createMessage": (
+        types.CreateMessageRequest,
+        types.CreateMessageResult,
+        types.ClientCapabilities(sampling=types.SamplingCapability()),
+    ),
+    "elicitation/create": (
+        types.ElicitRequest,
+        types.ElicitResult,
+        types.ClientCapabilities(elicitation=types.ElicitationCapability()),
+    ),
+    "roots/list": (types.ListRootsRequest, types.ListRootsResult, types.ClientCapabilities(roots=types.RootsCapability())),
+}
+
+
+class _Peer(DownstreamPeer):
+    """The downstream session of one request, as an upstream's relay target."""
+
+    def __init__(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        self._ctx = ctx
+
+    def supports(self, method: str) -> bool:
+        spec = _PEER_REQUESTS.get(method)
+        session = self._ctx.session
+        return spec is not None and session.can_send_request and session.check_client_capability(spec[2])
+
+    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        spec = _PEER_REQUESTS.get(method)
+        if spec is None:
+            raise MCPError(code=types.METHOD_NOT_FOUND, message=f"cannot relay {method}")
+        request_model, result_model, _ = spec
+        request = request_model.model_validate({"method": method, "params": params}, by_name=False)
+        result_type = types.CreateMessageResultWithTools if method == "sampling/createMessage" and (
+            params or {}).get("tools") else result_model
+        result = await self._ctx.session.send_request(
+            request, result_type, metadata=ServerMessageMetadata(related_request_id=self._ctx.request_id)
+        )
+        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
+        await self._ctx.session.send_log_message(
+            params.level, params.data, params.logger, related_request_id=self._ctx.request_id
+        )
+
+
+def consumer_of(ctx: ServerRequestContext[Any, Any], default: Consumer) -> Consumer:
+    """The consumer the auth layer put in the HTTP request's scope (stdio: the default)."""
+    request = ctx.request
+    scope = getattr(request, "scope", None)
+    if scope is not None:
+        consumer = scope.get(CONSUMER_SCOPE_KEY)
+        if isinstance(consumer, Consumer):
+            return consumer
+    return default
+
+
+def _connection(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
+    # The SDK hands handlers a per-request session; the connection behind it is what outlives it.
+    return getattr(ctx.session, "_connection", None)
+
+
+class _HubServer(Server[Any]):
+    """An SDK server that advertises list_changed for everything (the catalog is dynamic)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True),
+            experimental_capabilities,
+            extensions,
+        )
+
+
+@dataclass
+class Route:
+    """A virtual server: a path, the upstreams it exposes, and its current catalog view."""
+
+    path: str
+    upstreams: list[str]
+    prefixed: bool
+    view: CatalogView
+    server: Server[Any] | None = None
+    connections: weakref.WeakKeyDictionary[Connection, Consumer] = field(default_factory=weakref.WeakKeyDictionary)
+    subscriptions: dict[str, weakref.WeakSet[Connection]] = field(default_factory=dict)
+
+
+class Gateway:
+    """Owns the upstreams and the routes; serves MCP requests through the policy pipeline."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        pipeline: Pipeline | None = None,
+        upstreams: dict[str, Upstream] | None = None,
+        default_consumer: Consumer | None = None,
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline or Pipeline.from_config(config)
+        self.default_consumer = default_consumer or anonymous()
+        self.upstreams: dict[str, Upstream] = upstreams if upstreams is not None else build_upstreams(config)
+        self._version = 0
+        self.routes: dict[str, Route] = {}
+        self.collisions: list[str] = []
+        self._validators: dict[tuple[int, str], Any] = {}
+        self._refresh_pending = False
+        self._tg: anyio.abc.TaskGroup | None = None
+        for spec in self._route_specs():
+            self.routes[spec.path] = Route(
+                path=spec.path,
+                upstreams=spec.upstreams or list(self.upstreams),
+                prefixed=spec.prefix,
+                view=CatalogView(version=0),
+            )
+        for route in self.routes.values():
+            route.server = self._make_server(route)
+        for upstream in self.upstreams.values():
+            upstream.on_catalog_change(self._on_upstream_change)
+            if isinstance(upstream, McpUpstream):
+                upstream.on_notification(self._on_upstream_notification)
+
+    def _route_specs(self) -> list[ServerRoute]:
+        specs = [r for r in self.config.servers if r.path != ALL_ROUTE]
+        main = next((r for r in self.config.servers if r.path == ALL_ROUTE), ServerRoute(path=ALL_ROUTE))
+        return [main, *specs]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start every upstream (in parallel), build the catalogs, then serve until cancelled."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            async with anyio.create_task_group() as starting:
+                for upstream in self.upstreams.values():
+                    starting.start_soon(tg.start, upstream.run)
+            self.rebuild(notify=False)
+            task_status.started()
+            await anyio.sleep_forever()
+
+    def add_upstream(self, upstream: Upstream, *, routes: list[str] | None = None) -> None:
+        """Register an upstream at run time (e.g. an OpenAPI document) and start it."""
+        if upstream.name in self.upstreams:
+            raise ValueError(f"an upstream named {upstream.name!r} exists already")
+        self.upstreams[upstream.name] = upstream
+        upstream.on_catalog_change(self._on_upstream_change)
+        for route in self.routes.values():
+            if route.path == ALL_ROUTE or (routes and route.path in routes):
+                route.upstreams.append(upstream.name)
+        if self._tg is not None:
+            self._tg.start_soon(upstream.run)
+
+    def prefix_of(self, name: str) -> str:
+        upstream = self.upstreams[name]
+        prefix = getattr(upstream, "prefix", None)
+        if prefix is not None:
+            return str(prefix)
+        if name in self.config.upstreams or name in self.config.openapi:
+            return self.config.upstream_prefix(name)
+        return name
+
+    def rebuild(self, *, notify: bool = True) -> None:
+        """Rebuild every route's view from the upstreams' current catalogs."""
+        self._version += 1
+        collisions: list[str] = []
+        for route in self.routes.values():
+            triples = [
+                (name, self.prefix_of(name) if route.prefixed else "", self.upstreams[name].catalog)
+                for name in route.upstreams
+                if name in self.upstreams
+            ]
+            old = route.view
+            route.view = build_view(self._version, triples, separator=self.config.listen.separator)
+            collisions += [f"{route.path}: {c}" for c in route.view.collisions]
+            if notify:
+                self._notify_changes(route, old, route.view)
+        for line in collisions:
+            if line not in self.collisions:
+                logger.warning("name collision: %s", line)
+        self.collisions = collisions
+        self._validators = {k: v for k, v in self._validators.items() if k[0] == self._version}
+
+    def _on_upstream_change(self, upstream: Upstream) -> None:
+        # Coalesce bursts (several upstreams reconnecting at once) into one rebuild.
+        if self._tg is None:
+            return
+        if not self._refresh_pending:
+            self._refresh_pending = True
+            self._tg.start_soon(self._deferred_rebuild)
+
+    async def _deferred_rebuild(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._refresh_pending = False
+        self.rebuild()
+
+    def _notify_changes(self, route: Route, old: CatalogView, new: CatalogView) -> None:
+        changes: list[tuple[str, Callable[[CatalogView, Consumer], list[str]]]] = [
+            ("notifications/tools/list_changed", lambda v, c: [t.name for t in self.visible_tools(v, c)]),
+            ("notifications/prompts/list_changed", lambda v, c: [p.name for p in self.visible_prompts(v, c)]),
+            ("notifications/resources/list_changed", lambda v, c: [str(r.uri) for r in self.visible_resources(v, c)]),
+        ]
+        for connection, consumer in list(route.connections.items()):
+            for method, visible in changes:
+                if visible(old, consumer) != visible(new, consumer):
+                    self._send_notification(connection, method, None)
+
+    def _send_notification(self, connection: Connection, method: str, params: dict[str, Any] | None) -> None:
+        if self._tg is None or not connection.has_standalone_channel:
+            return
+
+        async def send() -> None:
+            with contextlib.suppress(Exception):
+                await connection.notify(method, params)
+
+        self._tg.start_soon(send)
+
+    async def _on_upstream_notification(self, upstream: McpUpstream, message: types.ServerNotification) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            original = str(message.params.uri)
+            for route in self.routes.values():
+                for exposed, (_, source) in route.view.resources.items():
+                    if source.upstream == upstream.name and source.original == original:
+                        for connection in list(route.subscriptions.get(exposed, ())):
+                            self._send_notification(
+                                connection, "notifications/resources/updated", {"uri": exposed}
+                            )
+
+    # -- what a consumer sees --------------------------------------------------------------------
+
+    def visible_tools(self, view: CatalogView, consumer: Consumer) -> list[types.Tool]:
+        return self.pipeline.filter(view, "tool", consumer, view.tool_list, lambda t: t.name)
+
+    def visible_prompts(self, view: CatalogView, consumer: Consumer) -> list[types.Prompt]:
+        return self.pipeline.filter(view, "prompt", consumer, view.prompt_list, lambda p: p.name)
+
+    def visible_resources(self, view: CatalogView, consumer: Consumer) -> list[types.Resource]:
+        return self.pipeline.filter(view, "resource", consumer, view.resource_list, lambda r: str(r.uri))
+
+    def health(self) -> dict[str, Any]:
+        ups = {name: u.health() for name, u in self.upstreams.items()}
+        status = "ok" if all(u["state"] == "up" for u in ups.values()) else "degraded"
+        out: dict[str, Any] = {"status": status, "version": __version__, "upstreams": ups}
+        if self.collisions:
+            out["collisions"] = self.collisions
+        return out
+
+    # -- the SDK server of a route ---------------------------------------------------------------
+
+    def _make_server(self, route: Route) -> Server[Any]:
+        gw = self
+
+        def track(ctx: ServerRequestContext[Any, Any]) -> Consumer:
+            consumer = consumer_of(ctx, gw.default_consumer)
+            connection = _connection(ctx)
+            if connection is not None and connection not in route.connections:
+                route.connections[connection] = consumer
+            return consumer
+
+        async def list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
+            consumer = track(ctx)
+            return types.ListToolsResult(tools=gw.visible_tools(route.view, consumer))
+
+        async def call_tool(
+            ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+        ) -> types.CallToolResult:
+            consumer = track(ctx)
+            return await gw.call_tool(route, ctx, consumer, params)
+
+        async def list_prompts(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListPromptsResult:
+            return types.ListPromptsResult(prompts=gw.visible_prompts(route.view, track(ctx)))
+
+        async def get_prompt(
+            ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+        ) -> types.GetPromptResult:
+            consumer = track(ctx)
+            view = route.view
+            entry = view.prompts.get(params.name)
+            if entry is None or not gw.pipeline.allowed(view, "prompt", consumer, params.name, entry[1].upstream):
+                gw.pipeline.audit_denied(consumer, "prompts/get", params.name, exists=entry is not None)
+                raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+            source = entry[1]
+            return await gw._forward(
+                consumer, "prompts/get", params.name, source,
+                lambda up, cctx: up.get_prompt(source.original, params.arguments, cctx), ctx,
+            )
+
+        async def list_resources(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListResourcesResult:
+            return types.ListResourcesResult(resources=gw.visible_resources(route.view, track(ctx)))
+
+        async def list_templates(
+            ctx: ServerRequestContext[Any, Any], params: Any
+        ) -> types.ListResourceTemplatesResult:
+            consumer = track(ctx)
+            view = route.view
+            templates = [
+                t for t, _, up in view.templates
+                if gw.pipeline.allowed(view, "resource", consumer, t.uri_template, up)
+            ]
+            return types.ListResourceTemplatesResult(resource_templates=templates)
+
+        def resolve_resource(ctx: ServerRequestContext[Any, Any], uri: str, method: str) -> tuple[Consumer, Source]:
+            consumer = track(ctx)
+            view = route.view
+            source = view.resolve_uri(uri)
+            if source is None or source.upstream not in gw.upstreams or not gw.pipeline.allowed(
+                view, "resource", consumer, uri, source.upstream
+            ):
+                gw.pipeline.audit_denied(consumer, method, uri, exists=source is not None)
+                raise MCPError(code=-32002, message=f"Resource not found: {uri}", data={"uri": uri})
+            return consumer, source
+
+        async def read_resource(
+            ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+        ) -> types.ReadResourceResult:
+            uri = str(params.uri)
+            consumer, source = resolve_resource(ctx, uri, "resources/read")
+            result = await gw._forward(
+                consumer, "resources/read", uri, source,
+                lambda up, cctx: up.read_resource(source.original, cctx), ctx,
+            )
+            if uri != source.original:  # a namespaced URI: answer under the name the client asked for
+                result.contents = [c.model_copy(update={"uri": uri}) for c in result.contents]
+            return result
+
+        async def subscribe(ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
+            uri = str(params.uri)
+            consumer, source = resolve_resource(ctx, uri, "resources/subscribe")
+            connection = _connection(ctx)
+            watchers = route.subscriptions.setdefault(uri, weakref.WeakSet())
+            first = not any(True for _ in watchers)
+            if connection is not None:
+                watchers.add(connection)
+            if first:
+                await gw._forward(
+                    consumer, "resources/subscribe", uri, source,
+                    lambda up, cctx: up.subscribe(source.original), ctx,
+                )
+            return types.EmptyResult()
+
+        async def unsubscribe(
+            ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams
+        ) -> types.EmptyResult:
+            uri = str(params.uri)
+            connection = _connection(ctx)
+            watchers = route.subscriptions.get(uri)
+            if watchers is not None and connection is not None:
+                watchers.discard(connection)
+            return types.EmptyResult()
+
+        async def complete(ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> types.CompleteResult:
+            consumer = track(ctx)
+            view = route.view
+            ref = params.ref
+            source: Source | None = None
+            forwarded = params
+            if isinstance(ref, types.PromptReference):
+                entry = view.prompts.get(ref.name)
+                if entry is not None and gw.pipeline.allowed(view, "prompt", consumer, ref.name, entry[1].upstream):
+                    source = entry[1]
+                    forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": source.original})})
+            else:
+                owners = [up for t, _, up in view.templates if t.uri_template == ref.uri]
+                if owners:
+                    source = Source(owners[0], ref.uri)
+            if source is None:
+                return types.CompleteResult(completion=types.Completion(values=[]))
+            return await gw._forward(
+                consumer, "completion/complete", source.original, source,
+                lambda up, cctx: up.complete(forwarded, cctx), ctx,
+            )
+
+        async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
+            return types.EmptyResult()
+
+        server = _HubServer(
+            "mcp-hub",
+            version=__version__,
+            title="mcp-hub gateway",
+            instructions=None,
+            get_tool_input_schema=lambda name: route.view.input_schema(name),
+            on_list_tools=list_tools,
+            on_call_tool=call_tool,
+            on_list_prompts=list_prompts,
+            on_get_prompt=get_prompt,
+            on_list_resources=list_resources,
+            on_list_resource_templates=list_templates,
+            on_read_resource=read_resource,
+            on_subscribe_resource=subscribe,
+            on_unsubscribe_resource=unsubscribe,
+            on_completion=complete,
+        )
+        server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
+        return server
+
+    async def _forward(
+        self,
+        consumer: Consumer,
+        method: str,
+        target: str,
+        source: Source,
+        send: Callable[[Upstream, CallContext], Awaitable[Any]],
+        ctx: ServerRequestContext[Any, Any],
+    ) -> Any:
+        upstream = self.upstreams.get(source.upstream)
+        if upstream is None:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown {method.split('/')[0][:-1]}: {target}")
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await send(upstream, CallContext(consumer=consumer, peer=_Peer(ctx)))
+        except UpstreamUnavailable as exc:
+            outcome = "unavailable"
+            raise MCPError(code=types.INTERNAL_ERROR, message=str(exc)) from None
+        except MCPError:
+            outcome = "error"
+            raise
+        finally:
+            self.pipeline.audit_request(
+                consumer, method, target, source.upstream, outcome, (time.perf_counter() - started) * 1000
+            )
+
+    def _validator(self, view: CatalogView, name: str, schema: dict[str, Any]) -> Any:
+        key = (view.version, name)
+        validator = self._validators.get(key)
+        if validator is None:
+            try:
+                cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+                validator = cls(schema)
+            except Exception:  # noqa: BLE001 - an upstream's broken schema must not block its calls
+                validator = False
+            self._validators[key] = validator
+        return validator
+
+    def check_arguments(self, view: CatalogView, tool: types.Tool, arguments: dict[str, Any] | None) -> str | None:
+        """Why the arguments violate the tool's input schema, or None when they fit."""
+        validator = self._validator(view, tool.name, tool.input_schema)
+        if not validator:
+            return None
+        errors = sorted(validator.iter_errors(arguments or {}), key=lambda e: list(e.absolute_path))
+        if not errors:
+            return None
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "arguments"
+        return f"{where}: {first.message}"[:500]
+
+    async def call_tool(
+        self,
+        route: Route,
+        ctx: ServerRequestContext[Any, Any],
+        consumer: Consumer,
+        params: types.CallToolRequestParams,
+    ) -> types.CallToolResult:
+        """tools/call through ACL, argument check, budgets, the upstream, charging and audit."""
+        view = route.view
+        name = params.name
+        entry = view.tool(name)
+        call = self.pipeline.start_call(view, consumer, name, entry)
+        if entry is None or not call.allowed:
+            self.pipeline.finish_call(call, CallOutcome.DENIED if entry is not None else CallOutcome.UNKNOWN)
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
+        tool, source = entry
+        problem = self.check_arguments(view, tool, params.arguments)
+        if problem is not None:
+            self.pipeline.finish_call(call, CallOutcome.INVALID)
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid arguments for tool {name}: {problem}")
+        await self.pipeline.admit(call, params.arguments)
+        upstream = self.upstreams.get(source.upstream)
+        progress = None
+        token = ctx.meta.get("progress_token") if isinstance(ctx.meta, dict) else getattr(ctx.meta, "progress_token", None)
+        if token is not None:
+            request_id = ctx.request_id
+
+            async def progress(value: float, total: float | None, message: str | None) -> None:
+                with contextlib.suppress(Exception):
+                    await ctx.session.send_progress_notification(
+                        token, value, total, message, related_request_id=request_id
+                    )
+
+        cctx = CallContext(consumer=consumer, progress=progress, peer=_Peer(ctx))
+        try:
+            if upstream is None:
+                raise UpstreamUnavailable(f"upstream {source.upstream!r} was removed")
+            result = await upstream.call_tool(source.original, params.arguments, cctx)
+        except UpstreamUnavailable as exc:
+            result = types.CallToolResult(content=[types.TextContent(type="text", text=str(exc))], is_error=True)
+            await self.pipeline.charge(call, result, CallOutcome.UNAVAILABLE)
+            return result
+        except MCPError:
+            self.pipeline.finish_call(call, CallOutcome.ERROR)
+            raise
+        except BaseException:
+            self.pipeline.finish_call(call, CallOutcome.CANCELLED)
+            raise
+        await self.pipeline.charge(call, result, CallOutcome.ERROR_RESULT if result.is_error else CallOutcome.OK)
+        return result
+
+
+def build_upstreams(config: GatewayConfig) -> dict[str, Upstream]:
+    """Create (not start) an upstream object for each configured upstream, in config order."""
+    upstreams: dict[str, Upstream] = {}
+    for name, cfg in config.upstreams.items():
+        upstreams[name] = McpUpstream(name, cfg)
+    if config.openapi:
+        from mcp_hub.upstreams.openapi import build_openapi_upstream
+
+        for name, raw in config.openapi.items():
+            upstreams[name] = build_openapi_upstream(name, raw)
+    return upstreams

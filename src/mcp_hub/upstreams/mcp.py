@@ -1,0 +1,439 @@
+"""Upstream MCP servers over stdio, SSE and Streamable HTTP, through the SDK's ClientSession.
+
+One long-lived session per upstream (shared by all callers): connect, list the catalog, watch
+the connection (EOF or failed pings), reconnect with backoff. Server-to-client traffic that an
+upstream sends while serving a call (sampling, elicitation, roots, log messages) goes back to
+the downstream peer of that call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+from anyio.abc import TaskStatus
+from mcp.client._probe import negotiate_auto
+from mcp.client.session import ClientRequestContext, ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+from mcp_types import CONNECTION_CLOSED
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from mcp_hub import __version__
+from mcp_hub.config import SseUpstreamConfig, StdioUpstreamConfig, StreamableHttpUpstreamConfig
+from mcp_hub.upstreams.base import (
+    CallContext,
+    DownstreamPeer,
+    Upstream,
+    UpstreamCatalog,
+    UpstreamState,
+    UpstreamUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+McpUpstreamConfig = StdioUpstreamConfig | SseUpstreamConfig | StreamableHttpUpstreamConfig
+NotificationListener = Callable[["McpUpstream", types.ServerNotification], Awaitable[None]]
+CLIENT_INFO = types.Implementation(name="mcp-hub", version=__version__)
+_PAGE_CAP = 200  # a paginator that never ends cannot hang a refresh
+
+
+class _WatchedDispatcher(JSONRPCDispatcher[Any]):
+    """A dispatcher that tells when its connection has ended (EOF or transport failure)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ended = anyio.Event()
+
+    async def run(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().run(*args, **kwargs)
+        finally:
+            self.ended.set()
+
+
+@dataclass(slots=True)
+class _InFlight:
+    ctx: CallContext
+    seq: int
+
+
+class McpUpstream(Upstream):
+    """An upstream MCP server reached through the SDK client."""
+
+    kind = "mcp"
+
+    def __init__(self, name: str, config: McpUpstreamConfig, *, http_client: httpx2.AsyncClient | None = None):
+        super().__init__(name)
+        self.config = config
+        self.kind = f"mcp/{config.transport}"
+        self._session: ClientSession | None = None
+        self._dispatcher: _WatchedDispatcher | None = None
+        self._kick = anyio.Event()
+        self._inflight: dict[int, _InFlight] = {}
+        self._seq = 0
+        self._notification_listeners: list[NotificationListener] = []
+        self._http_client = http_client
+        self.protocol_version: str | None = None
+        self.capabilities: types.ServerCapabilities | None = None
+        self.connects = 0
+
+    # -- connection lifecycle -------------------------------------------------------------------
+
+    def on_notification(self, listener: NotificationListener) -> None:
+        self._notification_listeners.append(listener)
+
+    @asynccontextmanager
+    async def _transport(self) -> AsyncIterator[tuple[Any, Any]]:
+        cfg = self.config
+        if isinstance(cfg, StdioUpstreamConfig):
+            params = StdioServerParameters(
+                command=cfg.command, args=cfg.args, env=cfg.env or None, cwd=cfg.cwd or None
+            )
+            # Upstream stderr stays visible to the operator, never mixed into a stdio downstream.
+            async with stdio_client(params, errlog=sys.stderr) as streams:
+                yield streams
+        elif isinstance(cfg, SseUpstreamConfig):
+            async with sse_client(cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout) as streams:
+                yield streams
+        else:
+            client = self._http_client
+            async with contextlib.AsyncExitStack() as stack:
+                if client is None:
+                    client = httpx2.AsyncClient(
+                        headers=dict(cfg.headers),
+                        timeout=httpx2.Timeout(cfg.connect_timeout, read=cfg.call_timeout + 5),
+                        follow_redirects=False,
+                    )
+                    await stack.enter_async_context(client)
+                async with streamable_http_client(cfg.url, http_client=client) as streams:
+                    yield streams
+
+    @asynccontextmanager
+    async def _connect(self) -> AsyncIterator[ClientSession]:
+        async with self._transport() as (read_stream, write_stream):
+            dispatcher = _WatchedDispatcher(read_stream, write_stream)
+            session = ClientSession(
+                dispatcher=dispatcher,
+                sampling_callback=self._on_sampling,
+                elicitation_callback=self._on_elicitation,
+                list_roots_callback=self._on_list_roots,
+                logging_callback=self._on_log,
+                message_handler=self._on_message,
+                client_info=CLIENT_INFO,
+            )
+            async with session:
+                with anyio.fail_after(self.config.connect_timeout):
+                    if self.config.protocol == "legacy":
+                        await session.initialize()
+                    elif self.config.protocol == "auto":
+                        await negotiate_auto(session)
+                    else:
+                        session.adopt(
+                            types.DiscoverResult(
+                                supported_versions=[self.config.protocol], capabilities=types.ServerCapabilities()
+                            )
+                        )
+                    self.protocol_version = session.protocol_version
+                    self.capabilities = session.server_capabilities
+                    catalog = await self._list_catalog(session)
+                self._dispatcher = dispatcher
+                self._session = session
+                self._set_catalog(catalog)
+                try:
+                    yield session
+                finally:
+                    self._session = None
+                    self._dispatcher = None
+
+    async def _list_catalog(self, session: ClientSession) -> UpstreamCatalog:
+        caps = session.server_capabilities or types.ServerCapabilities()
+        catalog = UpstreamCatalog()
+        if caps.tools is not None:
+            catalog.tools = await self._paged(session.list_tools, "tools")
+        if caps.resources is not None:
+            catalog.resources = await self._paged(session.list_resources, "resources")
+            catalog.resource_templates = await self._paged(session.list_resource_templates, "resource_templates")
+        if caps.prompts is not None:
+            catalog.prompts = await self._paged(session.list_prompts, "prompts")
+        return catalog
+
+    @staticmethod
+    async def _paged(fetch: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
+        items: list[Any] = []
+        cursor: str | None = None
+        for _ in range(_PAGE_CAP):
+            params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+            page = await fetch(params=params)
+            items.extend(getattr(page, attr))
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        return items
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        backoff = 0.25
+        started = False
+        while True:
+            self._set_state(UpstreamState.CONNECTING, self.last_error)
+            try:
+                async with self._connect() as session:
+                    self.connects += 1
+                    self._set_state(UpstreamState.UP)
+                    backoff = 0.25
+                    if not started:
+                        started = True
+                        task_status.started()
+                    reason = await self._watch(session)
+                    logger.warning("upstream %s: connection lost (%s); reconnecting", self.name, reason)
+                    self._set_state(UpstreamState.DOWN, f"connection lost: {reason}")
+            except Exception as exc:  # noqa: BLE001 - any failure to connect means down-and-retry
+                error = _describe(exc)
+                logger.warning("upstream %s: %s", self.name, error)
+                self._set_state(UpstreamState.DOWN, error)
+            if not started:
+                started = True
+                task_status.started()
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, self.config.reconnect_max_backoff)
+
+    async def _watch(self, session: ClientSession) -> str:
+        """Return when the connection is gone: EOF, or a ping that fails or hangs."""
+        assert self._dispatcher is not None
+        ended = self._dispatcher.ended
+        while True:
+            self._kick = anyio.Event()
+            with anyio.move_on_after(self.config.health_interval):
+                async with anyio.create_task_group() as tg:
+
+                    async def wait(event: anyio.Event) -> None:
+                        await event.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(wait, ended)
+                    tg.start_soon(wait, self._kick)
+            if ended.is_set():
+                return "the upstream closed the connection"
+            try:
+                with anyio.fail_after(min(10.0, self.config.health_interval)):
+                    await self._probe(session)
+            except TimeoutError:
+                return "ping timed out"
+            except Exception as exc:  # noqa: BLE001 - a failed ping means the link is gone
+                return f"ping failed: {_describe(exc)}"
+
+    async def _probe(self, session: ClientSession) -> None:
+        version = session.protocol_version
+        if version in MODERN_PROTOCOL_VERSIONS:
+            # 2026-07-28 has no ping; server/discover is the cheapest request every modern server serves.
+            await session.send_discover(version)
+        else:
+            await session.send_ping()
+
+    def _require_session(self) -> ClientSession:
+        session = self._session
+        if session is None or self.state != UpstreamState.UP:
+            detail = f": {self.last_error}" if self.last_error else ""
+            raise UpstreamUnavailable(f"upstream {self.name!r} is {self.state.value}{detail}")
+        return session
+
+    @contextlib.contextmanager
+    def _tracked(self, ctx: CallContext) -> Any:
+        self._seq += 1
+        key = self._seq
+        self._inflight[key] = _InFlight(ctx, key)
+        try:
+            yield
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _request(self, ctx: CallContext, what: str, send: Callable[[ClientSession], Awaitable[Any]]) -> Any:
+        session = self._require_session()
+        timeout = ctx.timeout or self.config.call_timeout
+        with self._tracked(ctx):
+            try:
+                with anyio.fail_after(timeout):
+                    return await send(session)
+            except TimeoutError:
+                raise UpstreamUnavailable(
+                    f"upstream {self.name!r} did not answer {what} within {timeout:g}s"
+                ) from None
+            except MCPError as exc:
+                if exc.error.code == CONNECTION_CLOSED:
+                    self._kick.set()
+                    raise UpstreamUnavailable(f"upstream {self.name!r} closed the connection during {what}") from None
+                raise
+            except (httpx2.TransportError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                self._kick.set()
+                raise UpstreamUnavailable(f"upstream {self.name!r} failed during {what}: {_describe(exc)}") from None
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> types.CallToolResult:
+        async def send(session: ClientSession) -> types.CallToolResult:
+            result = await session.call_tool(
+                name, arguments, progress_callback=ctx.progress, allow_input_required=True, allow_claimed=True
+            )
+            for _ in range(8):
+                if not isinstance(result, types.InputRequiredResult):
+                    break
+                responses = await self._fulfil(result, ctx)
+                result = await session.call_tool(
+                    name,
+                    arguments,
+                    progress_callback=ctx.progress,
+                    input_responses=responses,
+                    request_state=result.request_state,
+                    allow_input_required=True,
+                    allow_claimed=True,
+                )
+            if not isinstance(result, types.CallToolResult):
+                raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} kept asking for input")
+            return result
+
+        return await self._request(ctx, f"tools/call {name}", send)
+
+    async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult:
+        async def send(session: ClientSession) -> types.ReadResourceResult:
+            return await session.read_resource(uri)
+
+        return await self._request(ctx, "resources/read", send)
+
+    async def get_prompt(self, name: str, arguments: dict[str, str] | None, ctx: CallContext) -> types.GetPromptResult:
+        async def send(session: ClientSession) -> types.GetPromptResult:
+            return await session.get_prompt(name, arguments)
+
+        return await self._request(ctx, f"prompts/get {name}", send)
+
+    async def complete(self, params: types.CompleteRequestParams, ctx: CallContext) -> types.CompleteResult:
+        async def send(session: ClientSession) -> types.CompleteResult:
+            return await session.complete(params.ref, params.argument.model_dump(), context_arguments=(
+                params.context.arguments if params.context else None
+            ))
+
+        return await self._request(ctx, "completion/complete", send)
+
+    async def subscribe(self, uri: str) -> None:
+        await self._request(CallContext(), "resources/subscribe", lambda s: s.subscribe_resource(uri))
+
+    async def unsubscribe(self, uri: str) -> None:
+        await self._request(CallContext(), "resources/unsubscribe", lambda s: s.unsubscribe_resource(uri))
+
+    # -- server-to-client traffic ---------------------------------------------------------------
+
+    def _peer_for(self, method: str) -> DownstreamPeer:
+        """The downstream peer of the call this upstream is serving.
+
+        With several calls in flight on the shared session the request cannot be tied to one of
+        them unless they all come from the same consumer; then the newest call's peer answers.
+        """
+        candidates = [f for f in self._inflight.values() if f.ctx.peer is not None and f.ctx.peer.supports(method)]
+        if not candidates:
+            raise MCPError(code=types.INVALID_REQUEST, message=f"{method}: no caller of this gateway can answer it")
+        consumers = {f.ctx.consumer.name for f in candidates}
+        if len(consumers) > 1:
+            raise MCPError(
+                code=types.INVALID_REQUEST,
+                message=f"{method}: several consumers have calls in flight; set session_scope: per_consumer",
+            )
+        peer = max(candidates, key=lambda f: f.seq).ctx.peer
+        assert peer is not None
+        return peer
+
+    async def _relay(self, method: str, params: Any) -> dict[str, Any]:
+        peer = self._peer_for(method)
+        dumped = params.model_dump(by_alias=True, mode="json", exclude_none=True) if params is not None else None
+        return await peer.request(method, dumped)
+
+    async def _on_sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        try:
+            raw = await self._relay("sampling/createMessage", params)
+        except MCPError as exc:
+            return exc.error
+        if params.tools:
+            return types.CreateMessageResultWithTools.model_validate(raw, by_name=False)
+        return types.CreateMessageResult.model_validate(raw, by_name=False)
+
+    async def _on_elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        try:
+            raw = await self._relay("elicitation/create", params)
+        except MCPError as exc:
+            return exc.error
+        return types.ElicitResult.model_validate(raw, by_name=False)
+
+    async def _on_list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        try:
+            raw = await self._relay("roots/list", None)
+        except MCPError as exc:
+            return exc.error
+        return types.ListRootsResult.model_validate(raw, by_name=False)
+
+    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        candidates = [f for f in self._inflight.values() if f.ctx.peer is not None]
+        if len({f.ctx.consumer.name for f in candidates}) == 1:
+            peer = max(candidates, key=lambda f: f.seq).ctx.peer
+            assert peer is not None
+            with contextlib.suppress(Exception):
+                await peer.log(params)
+
+    async def _fulfil(self, result: types.InputRequiredResult, ctx: CallContext) -> dict[str, Any]:
+        """Answer a 2026-07-28 upstream's input requests through the downstream caller."""
+        responses: dict[str, Any] = {}
+        for key, request in (result.input_requests or {}).items():
+            if ctx.peer is None or not ctx.peer.supports(request.method):
+                raise MCPError(code=types.INVALID_REQUEST, message=f"{request.method}: the caller cannot answer it")
+            params = request.params.model_dump(by_alias=True, mode="json", exclude_none=True) if request.params else None
+            responses[key] = await ctx.peer.request(request.method, params)
+        return responses
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            logger.debug("upstream %s transport error: %s", self.name, message)
+            return
+        if isinstance(message, types.ToolListChangedNotification | types.PromptListChangedNotification
+                      | types.ResourceListChangedNotification):
+            session = self._session
+            if session is not None:
+                try:
+                    self._set_catalog(await self._list_catalog(session))
+                except Exception as exc:  # noqa: BLE001 - a failed refresh keeps the old catalog
+                    logger.warning("upstream %s: catalog refresh failed: %s", self.name, _describe(exc))
+        for listener in self._notification_listeners:
+            with contextlib.suppress(Exception):
+                await listener(self, message)
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason for an exception, unwrapping exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, MCPError):
+        return f"MCP error {exc.error.code}: {exc.error.message}"
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {exc.filename or exc}"
+    if isinstance(exc, httpx2.ConnectError):
+        return f"cannot connect: {exc}"
+    if isinstance(exc, TimeoutError):
+        return "timed out while connecting"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
+
+
+def default_env() -> dict[str, str]:
+    return dict(os.environ)
