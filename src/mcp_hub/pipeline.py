@@ -56,7 +56,7 @@ class Pipeline:
     """Allow-everything pipeline: the base the policy-aware one extends."""
 
     def __init__(self) -> None:
-        self._filter_cache: dict[tuple[int, str, tuple[str, ...], str], list[Any]] = {}
+        self._filter_cache: dict[tuple[int, int, str, tuple[str, ...], str], list[Any]] = {}
 
     @classmethod
     def from_config(cls, config: GatewayConfig) -> Pipeline:
@@ -74,7 +74,8 @@ class Pipeline:
         self, view: CatalogView, kind: str, consumer: Consumer, items: Sequence[T], key: Callable[[T], str]
     ) -> list[T]:
         """Items of a view this consumer may see; computed once per view version and group set."""
-        cache_key = (view.version, kind, consumer.group_key, consumer.name if self.per_consumer_rules else "")
+        # id(view): every route has its own view of the same version; all of one version are alive together
+        cache_key = (view.version, id(view), kind, consumer.group_key, consumer.name if self.per_consumer_rules else "")
         cached = self._filter_cache.get(cache_key)
         if cached is not None:
             return cached

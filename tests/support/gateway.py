@@ -1,0 +1,95 @@
+"""Running a real mcp-hub gateway process for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import yaml
+
+from tests.support.processes import running, wait_for_http
+from tests.support.tools import ROOT, free_port, node22_env
+
+
+@dataclass
+class RunningGateway:
+    url: str  # base URL, e.g. http://127.0.0.1:PORT
+    port: int
+    log: Path
+    proc: Any
+    config_path: Path
+
+    @property
+    def mcp(self) -> str:
+        return f"{self.url}/mcp"
+
+    def health(self) -> dict[str, Any]:
+        return httpx2.get(f"{self.url}/healthz", timeout=5).json()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def gateway_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """PATH with Node 22, the npm tools and the venv's scripts (mcp-server-time) first."""
+    env = node22_env(extra)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+@contextlib.contextmanager
+def run_gateway(
+    config: dict[str, Any] | str,
+    tmp_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    args: list[str] | None = None,
+    wait_healthy: bool = False,
+    name: str = "gateway",
+) -> Iterator[RunningGateway]:
+    """Write `config` to a file and run `mcp-hub serve` on a free port until the block ends."""
+    port = free_port()
+    config_path = tmp_path / f"{name}.yaml"
+    config_path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    log = tmp_path / f"{name}.log"
+    cmd = [sys.executable, "-m", "mcp_hub.cli", "serve", "--config", str(config_path), "--port", str(port),
+           *(args or [])]
+    with running(cmd, env=gateway_env(env), cwd=cwd or ROOT, log=log) as proc:
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{url}/healthz", timeout=60, proc=proc)
+        except Exception as exc:
+            raise RuntimeError(f"gateway did not start: {exc}\n--- log ---\n{log.read_text(errors='replace')}") from exc
+        gw = RunningGateway(url=url, port=port, log=log, proc=proc, config_path=config_path)
+        if wait_healthy:
+            wait_until(lambda: gw.health()["status"] == "ok", timeout=60, what="all upstreams up")
+        yield gw
+
+
+def wait_until(predicate: Any, *, timeout: float = 20.0, interval: float = 0.1, what: str = "condition") -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what}" + (f": {last_exc}" if last_exc else ""))
+
+
+def python_server(module: str, *args: str) -> dict[str, Any]:
+    """A stdio upstream entry running a test server module with this interpreter."""
+    return {"transport": "stdio", "command": sys.executable, "args": ["-m", module, *args],
+            "env": {"PYTHONPATH": str(ROOT)}}
