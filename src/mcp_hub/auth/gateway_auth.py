@@ -1,0 +1,88 @@
+"""`GatewayAuth`: what the app wires in, built once from the `auth:` config.
+
+    auth = GatewayAuth(AuthConfig.model_validate(config.auth))
+    app = auth.protect(mcp_app, "/mcp")            # an AuthGate for that path
+    routes += auth.routes(["/mcp", "/mcp/time"])   # RFC 9728 metadata, one per path
+    creds = auth.credentials(upstream.credentials) # UpstreamCredentials for one upstream
+    await auth.aclose()                            # at shutdown
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpx2
+from mcp.server.auth.provider import TokenVerifier
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from mcp_hub.auth.config import AuthConfig, UpstreamCredentialConfig
+from mcp_hub.auth.credentials import UpstreamCredentials, build_upstream_credentials
+from mcp_hub.auth.gate import AuthGate
+from mcp_hub.auth.metadata import gateway_resource_routes, resource_for_path, resource_metadata_url
+from mcp_hub.auth.verifier import build_verifier
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(config: AuthConfig, host: str) -> None:
+    """Refuse to serve without auth on a non-loopback address unless `allow_insecure_bind` says so."""
+    if not config.enabled and not _is_loopback(host) and not config.allow_insecure_bind:
+        raise ValueError(
+            f"refusing to listen on {host} without authentication: set auth.mode "
+            "(oauth or api_key), bind to 127.0.0.1, or set auth.allow_insecure_bind: true"
+        )
+
+
+class GatewayAuth:
+    """The verifier, the gates, the metadata routes and upstream credentials for one gateway.
+
+    One HTTP client serves JWKS fetches, introspection, discovery and token requests; pass `http`
+    to share the gateway's, otherwise one is created and closed by `aclose()`.
+    """
+
+    def __init__(
+        self,
+        config: AuthConfig,
+        *,
+        http: httpx2.AsyncClient | None = None,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
+        self.config = config
+        self._owns_http = http is None
+        self.http = http or httpx2.AsyncClient(timeout=config.http_timeout_s, follow_redirects=False)
+        self.verifier = verifier or build_verifier(config, http=self.http)
+
+    def resource_for(self, path: str) -> str | None:
+        """The resource URL of a gateway path (`/mcp/time` → `https://hub.example/mcp/time`)."""
+        return resource_for_path(self.config.resource, path) if self.config.resource else None
+
+    def protect(self, app: ASGIApp, path: str) -> ASGIApp:
+        """`app` behind an `AuthGate` whose 401s point at this path's protected resource metadata."""
+        resource = self.resource_for(path)
+        metadata_url = resource_metadata_url(resource) if resource and "oauth" in self.config.methods else None
+        return AuthGate(app, self.config, self.verifier, resource_metadata_url=metadata_url, resource=resource)
+
+    def routes(self, paths: Iterable[str]) -> list[Route]:
+        """Protected resource metadata routes for the given gateway paths (none unless OAuth is on)."""
+        if "oauth" not in self.config.methods:
+            return []
+        return gateway_resource_routes(self.config, paths)
+
+    def credentials(self, data: UpstreamCredentialConfig | Mapping[str, Any] | None) -> UpstreamCredentials:
+        """The credentials object for one upstream's `credentials:` block."""
+        return build_upstream_credentials(data, auth=self.config, http=self.http)
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            await self.http.aclose()
