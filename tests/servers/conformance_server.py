@@ -50,6 +50,7 @@ from mcp_types import (
     UnsubscribeRequestParams,
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
 from tests.servers._common import advertise_list_changed, build_parser, serve, tiny_png, tiny_wav
 
 # why: logging, sampling and roots are deprecated in 2026-07-28 but are exactly what the scenarios test

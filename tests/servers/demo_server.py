@@ -45,6 +45,7 @@ from mcp_types import (
     TextContent,
 )
 from pydantic import BaseModel, Field
+
 from tests.servers._common import advertise_list_changed, build_parser, serve, tiny_png
 
 # why: sampling, roots and logging are deprecated in 2026-07-28 but this server exists to exercise them

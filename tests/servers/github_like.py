@@ -22,6 +22,7 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import ToolAnnotations
 from starlette.types import ASGIApp, Receive, Scope, Send
+
 from tests.servers._common import build_parser, serve
 
 READ = ToolAnnotations(read_only_hint=True, open_world_hint=True)
