@@ -253,6 +253,9 @@ _STORAGE_SCHEMES = {
 class PolicyConfig(_Model):
     """Everything policy reads from the config: ACLs, budgets, rate limits, costs, storage, metrics."""
 
+    # The storage URI may carry a Redis password: errors name the key, never echo the value.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
     default_acl: Literal["allow", "deny"] = "allow"
     # Per-upstream default for names no rule mentions, e.g. {github: deny}; wins over default_acl.
     upstream_acl: dict[str, Literal["allow", "deny"]] = Field(default_factory=dict)
