@@ -304,3 +304,39 @@ def test_malformed_requests_get_json_rpc_errors(stack: dict[str, Any]) -> None:
                     headers=headers, timeout=10)
     assert "error" in r.text
     assert gw.health()["status"] == "ok"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_stdio_downstream(tmp_path: Path, mode: str) -> None:
+    from mcp import StdioServerParameters
+
+    from tests.support.gateway import gateway_env
+
+    cfg = tmp_path / "stdio.yaml"
+    import yaml
+
+    cfg.write_text(yaml.safe_dump({"upstreams": {"demo": python_server("tests.servers.demo_server", "--transport",
+                                                                       "stdio")}}))
+    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_hub.cli", "serve", "--stdio", "-c", str(cfg)],
+                                   env=gateway_env(), cwd=str(ROOT))
+    async with Client(params, mode=mode) as client:
+        with anyio.fail_after(30):
+            while "demo__echo" not in [t.name for t in (await client.list_tools()).tools]:
+                await anyio.sleep(0.2)
+        assert (await client.call_tool("demo__echo", {"text": "over stdio"})).content[0].text == "over stdio"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_stateless_mode(tmp_path: Path, mode: str) -> None:
+    config = {"listen": {"stateless": True},
+              "upstreams": {"demo": python_server("tests.servers.demo_server", "--transport", "stdio")}}
+    with run_gateway(config, tmp_path, wait_healthy=True) as gw:
+        async with Client(gw.mcp, mode=mode) as client:
+            assert "demo__add" in [t.name for t in (await client.list_tools()).tools]
+            r = await client.call_tool("demo__add", {"a": 1, "b": 2})
+            assert r.structured_content == {"sum": 3}
+        r = httpx2.post(gw.mcp, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                        headers={"Accept": "application/json, text/event-stream",
+                                 "Mcp-Protocol-Version": "2025-11-25"}, timeout=10)
+        assert r.status_code == 200 and "demo__add" in r.text
+        assert "mcp-session-id" not in {k.lower() for k in r.headers}

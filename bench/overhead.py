@@ -1,0 +1,156 @@
+"""tools/call latency and throughput: directly against a Streamable HTTP upstream and through mcp-hub.
+
+Both targets are measured in one interleaved run (direct, gateway, direct, gateway, ...) so the
+ratios compare like with like on a shared 2-core machine. Prints a table and the ratios.
+
+    .venv/bin/python bench/overhead.py [--seconds 5] [--rounds 2] [--payload 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import yaml
+from mcp import Client
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.processes import stop, wait_for_http, wait_for_port  # noqa: E402
+from tests.support.tools import free_port  # noqa: E402
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(url: str, tool: str, concurrency: int, seconds: float, payload: str) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = 0.0
+
+    async def worker(client: Client) -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            try:
+                result = await client.call_tool(tool, {"text": payload})
+                if result.is_error:
+                    errors += 1
+            except Exception:  # noqa: BLE001 - counted, the run goes on
+                errors += 1
+            latencies.append(time.perf_counter() - t0)
+
+    clients = [Client(url, mode="legacy") for _ in range(concurrency)]
+    async with contextlib.AsyncExitStack() as stack:
+        for client in clients:
+            await stack.enter_async_context(client)
+            await client.list_tools()
+            await client.call_tool(tool, {"text": payload})  # warm the path
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for client in clients:
+                tg.start_soon(worker, client)
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "calls": len(latencies),
+        "rate": len(latencies) / elapsed,
+        "p50": statistics.median(latencies) * 1000,
+        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else float("nan"),
+        "errors": errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--payload", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    args = parser.parse_args()
+    payload = "x" * args.payload
+    tmp = Path(tempfile.mkdtemp(prefix="mcp-hub-bench-"))
+    up_port, gw_port = free_port(), free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.servers.demo_server", "--transport", "streamable-http", "--port", str(up_port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    config = {"upstreams": {"up": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp"}}}
+    (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(tmp / "gw.yaml"), "--port", str(gw_port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "gw.log", "wb"), start_new_session=True,
+    )
+    try:
+        wait_for_port(up_port, proc=upstream)
+        wait_for_http(f"http://127.0.0.1:{gw_port}/healthz", proc=gateway, timeout=60)
+        deadline = time.monotonic() + 30
+        while httpx2.get(f"http://127.0.0.1:{gw_port}/healthz").json()["status"] != "ok":
+            if time.monotonic() > deadline:
+                raise SystemExit("gateway's upstream did not come up")
+            time.sleep(0.2)
+        targets = {
+            "direct": (f"http://127.0.0.1:{up_port}/mcp", "echo", upstream.pid),
+            "mcp-hub": (f"http://127.0.0.1:{gw_port}/mcp", "up__echo", gateway.pid),
+        }
+        results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for _ in range(args.rounds):
+            for c in args.concurrency:
+                for name, (url, tool, pid) in targets.items():
+                    cpu0 = cpu_seconds(pid)
+                    r = anyio.run(load, url, tool, c, args.seconds, payload)
+                    r["cpu_ms_per_call"] = (cpu_seconds(pid) - cpu0) * 1000 / max(r["calls"], 1)
+                    r["rss_mb"] = rss_mb(pid)
+                    results.setdefault((name, c), []).append(r)
+        print(f"tools/call echo, {args.payload}-byte payload, {args.rounds} interleaved rounds of {args.seconds:g}s")
+        print(f"{'target':<10}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}{'RSS MB':>9}")
+        summary: dict[tuple[str, int], dict[str, float]] = {}
+        for (name, c), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "direct")):
+            agg = {
+                "rate": statistics.mean(r["rate"] for r in runs),
+                "p50": statistics.median(r["p50"] for r in runs),
+                "p99": max(r["p99"] for r in runs),
+                "errors": sum(r["errors"] for r in runs),
+                "cpu": statistics.mean(r["cpu_ms_per_call"] for r in runs),
+                "rss": runs[-1]["rss_mb"],
+            }
+            summary[(name, c)] = agg
+            print(f"{name:<10}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
+                  f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")
+        print()
+        for c in args.concurrency:
+            d, g = summary[("direct", c)], summary[("mcp-hub", c)]
+            print(f"C={c}: throughput mcp-hub/direct = {g['rate'] / d['rate']:.2f} (target >= 0.50); "
+                  f"added p50 = {g['p50'] - d['p50']:.2f} ms" + (" (target <= 2 ms)" if c == 1 else ""))
+    finally:
+        stop(gateway)
+        stop(upstream)
+
+
+if __name__ == "__main__":
+    main()
