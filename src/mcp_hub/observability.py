@@ -67,11 +67,13 @@ _SECRET_KEYS = frozenset({
 _SECRET_SUFFIXES = ("_token", "_secret", "_password", "_api_key", "_apikey")
 
 _SECRET_VALUE = re.compile(
-    r"(?P<scheme>\b(?:bearer|basic|token)\s+)[A-Za-z0-9\-._~+/]+=*"  # Authorization header values
+    # Authorization header values (long enough to be credentials, so `Bearer realm=` stays readable)
+    r"(?P<scheme>\b(?:bearer|basic)\s+(?=[A-Za-z0-9\-._~+/]{8})|\btoken\s+(?=[A-Za-z0-9\-._~+/]{16}))"
+    r"[A-Za-z0-9\-._~+/]+=*"
     r"|\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"  # JWTs
     r"|\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-[A-Za-z0-9_-]{16,}"
     r"|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|glpat-[A-Za-z0-9_-]{20})"  # well-known key formats
-    r"|(?P<key>\b(?:access_token|refresh_token|id_token|token|api_key|apikey|client_secret|password"
+    r"|(?P<key>\b(?:access_token|refresh_token|id_token|token|api[-_]?key|client_secret|password"
     r"|secret)[\"']?\s*[=:]\s*[\"']?)[^\"'&\s,;}]+",  # key=value in URLs, headers, JSON text
     re.IGNORECASE,
 )
