@@ -25,6 +25,8 @@ from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
+from mcp_types import LOG_LEVEL_META_KEY
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_hub import __version__
 from mcp_hub.auth.identity import Consumer, anonymous
@@ -99,6 +101,20 @@ def consumer_of(ctx: ServerRequestContext[Any, Any], default: Consumer) -> Consu
 def _connection(ctx: ServerRequestContext[Any, Any]) -> Connection | None:
     # The SDK hands handlers a per-request session; the connection behind it is what outlives it.
     return getattr(ctx.session, "_connection", None)
+
+
+_LOG_LEVEL_STATE = "mcp_hub.log_level"
+
+
+def _log_level(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The log level the caller wants: its request's opt-in (2026-07-28) or its logging/setLevel."""
+    meta = ctx.meta if isinstance(ctx.meta, dict) else {}
+    requested = meta.get(LOG_LEVEL_META_KEY)
+    if requested is not None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return requested
+    connection = _connection(ctx)
+    # Handshake-era clients get every level unless they asked for less.
+    return connection.state.get(_LOG_LEVEL_STATE, "debug") if connection is not None else "debug"
 
 
 class _HubServer(Server[Any]):
@@ -415,6 +431,9 @@ class Gateway:
             )
 
         async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
+            connection = _connection(ctx)
+            if connection is not None:
+                connection.state[_LOG_LEVEL_STATE] = params.level
             return types.EmptyResult()
 
         server = _HubServer(
@@ -523,7 +542,7 @@ class Gateway:
                         token, value, total, message, related_request_id=request_id
                     )
 
-        cctx = CallContext(consumer=consumer, progress=progress, peer=_Peer(ctx))
+        cctx = CallContext(consumer=consumer, progress=progress, peer=_Peer(ctx), log_level=_log_level(ctx))
         try:
             if upstream is None:
                 raise UpstreamUnavailable(f"upstream {source.upstream!r} was removed")

@@ -67,6 +67,8 @@ class CallContext:
     # The caller's own credential for the upstream, when the upstream passes it through.
     caller_token: str | None = None
     timeout: float | None = None
+    # The log level the caller opted in to (None: no log messages wanted).
+    log_level: str | None = None
 
 
 class Upstream(ABC):

@@ -28,7 +28,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
-from mcp_types import CONNECTION_CLOSED
+from mcp_types import CONNECTION_CLOSED, LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_hub import __version__
@@ -282,9 +282,12 @@ class McpUpstream(Upstream):
     # -- requests -------------------------------------------------------------------------------
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> types.CallToolResult:
+        meta = self._request_meta(ctx)
+
         async def send(session: ClientSession) -> types.CallToolResult:
             result = await session.call_tool(
-                name, arguments, progress_callback=ctx.progress, allow_input_required=True, allow_claimed=True
+                name, arguments, progress_callback=ctx.progress, allow_input_required=True, allow_claimed=True,
+                meta=meta,
             )
             for _ in range(8):
                 if not isinstance(result, types.InputRequiredResult):
@@ -298,12 +301,19 @@ class McpUpstream(Upstream):
                     request_state=result.request_state,
                     allow_input_required=True,
                     allow_claimed=True,
+                    meta=meta,
                 )
             if not isinstance(result, types.CallToolResult):
                 raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} kept asking for input")
             return result
 
         return await self._request(ctx, f"tools/call {name}", send)
+
+    def _request_meta(self, ctx: CallContext) -> dict[str, Any] | None:
+        # A 2026-07-28 upstream logs only to requests that opt in; pass the caller's opt-in along.
+        if ctx.log_level and self.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return {LOG_LEVEL_META_KEY: ctx.log_level}
+        return None
 
     async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult:
         async def send(session: ClientSession) -> types.ReadResourceResult:
@@ -326,9 +336,14 @@ class McpUpstream(Upstream):
         return await self._request(ctx, "completion/complete", send)
 
     async def subscribe(self, uri: str) -> None:
+        if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # 2026-07-28 has no resources/subscribe (updates come through subscriptions/listen).
+            return
         await self._request(CallContext(), "resources/subscribe", lambda s: s.subscribe_resource(uri))
 
     async def unsubscribe(self, uri: str) -> None:
+        if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return
         await self._request(CallContext(), "resources/unsubscribe", lambda s: s.unsubscribe_resource(uri))
 
     # -- server-to-client traffic ---------------------------------------------------------------
