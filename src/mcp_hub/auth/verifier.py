@@ -115,7 +115,7 @@ class _VerifierBase:
         try:
             return await self.check(token)
         except AuthError as exc:
-            log.info("auth.token_refused", reason=exc.description, token=token_fingerprint(token))
+            log.info("auth.token_refused", reason=exc.description, fingerprint=token_fingerprint(token))
             return None
 
 
