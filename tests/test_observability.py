@@ -228,3 +228,23 @@ def test_registries_are_separate_and_openmetrics_is_offered() -> None:
 def test_group_label() -> None:
     assert group_label(("developer", "admin", "developer")) == "admin,developer"
     assert group_label(()) == "-"
+
+
+def test_grafana_dashboard_uses_only_metrics_we_export() -> None:
+    import re
+
+    from tests.support.tools import ROOT
+
+    dashboard = json.loads((ROOT / "examples" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"mcp_hub_[a-z_]+", expr)}
+    metrics = Metrics()
+    consumer = Consumer("a", ("g",))
+    metrics.observe_call(consumer, "up", "t", "ok", 0.1, 1, 1, 0.1)
+    metrics.acl_denied(consumer, "tool")
+    metrics.limit_rejected(consumer, "tokens", "budgets[0]")
+    metrics.set_budget_remaining([BudgetSnapshot("r", "", "group", "g", 1, 0, 1, 0)])
+    metrics.set_upstream_up("up", True)
+    metrics.storage_error("admit")
+    exported = {name for name, _ in samples(metrics)}
+    assert used and used <= exported, used - exported
