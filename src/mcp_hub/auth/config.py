@@ -17,7 +17,8 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a validation error must not print the secrets it was given.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class ApiKeyConfig(_Model):
