@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(args.verbose)
     from mcp_hub.runtime import build_gateway
 
-    gateway = build_gateway(config, config_path=args.config)
+    gateway = build_gateway(config, config_path=args.config, check_listen=not args.stdio)
     if args.stdio:
         anyio.run(_serve_stdio, gateway)
         return 0
@@ -114,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # a config that validates but cannot be served (e.g. open bind without auth)
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -32,7 +32,7 @@ from mcp_hub import __version__
 from mcp_hub.auth.identity import Consumer, anonymous
 from mcp_hub.catalog import CatalogView, Source, build_view
 from mcp_hub.config import GatewayConfig, ServerRoute
-from mcp_hub.pipeline import CallOutcome, Pipeline
+from mcp_hub.pipeline import CallOutcome, Pipeline, PolicyPipeline
 from mcp_hub.upstreams.base import CallContext, DownstreamPeer, Upstream, UpstreamUnavailable
 from mcp_hub.upstreams.mcp import McpUpstream
 
@@ -158,8 +158,9 @@ class Gateway:
         default_consumer: Consumer | None = None,
     ) -> None:
         self.config = config
-        self.pipeline = pipeline or Pipeline.from_config(config)
+        self.pipeline = pipeline or PolicyPipeline.from_config(config)
         self.default_consumer = default_consumer or anonymous()
+        self.auth: Any = None  # GatewayAuth when callers must authenticate
         self.upstreams: dict[str, Upstream] = upstreams if upstreams is not None else build_upstreams(config)
         self._version = 0
         self.routes: dict[str, Route] = {}
@@ -521,6 +522,7 @@ class Gateway:
         name = params.name
         entry = view.tool(name)
         call = self.pipeline.start_call(view, consumer, name, entry)
+        call.arguments = params.arguments
         if entry is None or not call.allowed:
             self.pipeline.finish_call(call, CallOutcome.DENIED if entry is not None else CallOutcome.UNKNOWN)
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")

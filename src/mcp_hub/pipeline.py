@@ -14,9 +14,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import mcp_types as types
+from mcp.shared.exceptions import MCPError
 
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.catalog import CatalogView, Source
+from mcp_hub.observability import Metrics
+from mcp_hub.observability import audit as audit_event
+from mcp_hub.policy.acl import decide
+from mcp_hub.policy.budget import Budgets, LimitExceeded
+from mcp_hub.policy.models import PolicyConfig
+from mcp_hub.policy.tokens import get_counter, usage_from_meta
 
 if TYPE_CHECKING:
     from mcp_hub.config import GatewayConfig
@@ -49,6 +56,8 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     tokens_in: int = 0
     tokens_out: int = 0
+    cost: float = 0.0
+    arguments: dict[str, Any] | None = None
     finished: bool = False
 
 
@@ -125,6 +134,7 @@ class Pipeline:
                 "rule": call.rule,
                 "tokens_in": call.tokens_in,
                 "tokens_out": call.tokens_out,
+                "cost": round(call.cost, 6),
                 "latency_ms": round(latency_ms, 3),
                 "outcome": outcome.value,
                 **({"error": error} if error else {}),
@@ -163,3 +173,101 @@ class Pipeline:
 
     def audit(self, event: dict[str, Any]) -> None:
         logger.debug("audit %s", event)
+
+
+class PolicyPipeline(Pipeline):
+    """The pipeline with the config's ACLs, budgets, rate limits, costs, audit log and metrics."""
+
+    def __init__(self, policy: PolicyConfig, *, metrics: Metrics | None = None, budgets: Budgets | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.metrics = metrics or Metrics.from_options(policy.metrics, policy.cost_unit)
+        self.budgets = budgets or Budgets(policy, on_storage_error=lambda op: self.metrics.storage_errors.labels(op).inc())
+        self.counter = get_counter(policy.token_counter)
+        self.has_budgets = bool(
+            policy.budgets or policy.rate_limits
+            or any(g.budgets or g.rate_limits for g in policy.groups.values())
+            or any(c.budgets or c.rate_limits for c in policy.consumers.values())
+        )
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> PolicyPipeline:
+        return cls(PolicyConfig.model_validate(config.policy))
+
+    def decide(self, consumer: Consumer, kind: str, name: str, upstream: str | None) -> tuple[bool, str]:
+        decision = decide(consumer, kind, name, upstream, self.policy)  # type: ignore[arg-type]
+        return decision.allowed, decision.rule
+
+    def explain(self, consumer: Consumer, kind: str, name: str, upstream: str | None) -> dict[str, Any]:
+        decision = decide(consumer, kind, name, upstream, self.policy)  # type: ignore[arg-type]
+        return {"allowed": decision.allowed, "reason": decision.reason, "rule": decision.rule}
+
+    def start_call(
+        self, view: CatalogView, consumer: Consumer, name: str, entry: tuple[types.Tool, Source] | None
+    ) -> Call:
+        call = super().start_call(view, consumer, name, entry)
+        if entry is not None and not call.allowed:
+            self.metrics.acl_denied(consumer, "tool")
+        return call
+
+    async def admit(self, call: Call, arguments: dict[str, Any] | None) -> None:
+        if not self.has_budgets:
+            return
+        try:
+            await self.budgets.admit(call.consumer, call.tool, call.upstream)
+        except LimitExceeded as exc:
+            self.metrics.limit_rejected(call.consumer, exc.kind, str(exc.data.get("limit", "")))
+            self.finish_call(call, CallOutcome.LIMITED, error=exc.message)
+            raise MCPError(code=LIMIT_EXCEEDED, message=exc.message, data=exc.data) from None
+        call.tokens_in = self.counter.count(arguments or {})
+
+    async def charge(self, call: Call, result: types.CallToolResult, outcome: CallOutcome) -> None:
+        reported = usage_from_meta(result.meta)
+        if reported is not None:
+            call.tokens_in, call.tokens_out = reported
+        else:
+            if not call.tokens_in:
+                call.tokens_in = self.counter.count(call.arguments or {})
+            call.tokens_out = self.counter.count(
+                result.structured_content if result.structured_content is not None else
+                [c.model_dump(mode="json", exclude_none=True) for c in result.content]
+            )
+        if self.has_budgets and outcome in (CallOutcome.OK, CallOutcome.ERROR_RESULT):
+            await self.budgets.charge(call.consumer, call.tool, call.upstream, call.tokens_in, call.tokens_out)
+        self.finish_call(call, outcome)
+
+    def finish_call(self, call: Call, outcome: CallOutcome, error: str | None = None) -> None:
+        if call.finished:
+            return
+        cost = self.budgets.cost_of(call.tool, call.tokens_in, call.tokens_out) if call.upstream else 0.0
+        call.cost = cost
+        super().finish_call(call, outcome, error)
+        if call.upstream is not None:
+            self.metrics.observe_call(
+                call.consumer, call.upstream, call.tool, _METRIC_OUTCOME.get(outcome, "error"),
+                time.perf_counter() - call.started, call.tokens_in, call.tokens_out, cost,
+            )
+
+    def audit_denied(self, consumer: Consumer, method: str, target: str, *, exists: bool) -> None:
+        if exists:
+            self.metrics.acl_denied(consumer, method.split("/")[0].rstrip("s"))
+        super().audit_denied(consumer, method, target, exists=exists)
+
+    def audit(self, event: dict[str, Any]) -> None:
+        audit_event(event)
+
+
+# Prometheus outcomes are a small fixed set.
+_METRIC_OUTCOME = {
+    CallOutcome.OK: "ok",
+    CallOutcome.ERROR_RESULT: "error",
+    CallOutcome.ERROR: "error",
+    CallOutcome.UNAVAILABLE: "error",
+    CallOutcome.DENIED: "denied",
+    CallOutcome.UNKNOWN: "not_found",
+    CallOutcome.INVALID: "error",
+    CallOutcome.LIMITED: "limited",
+    CallOutcome.CANCELLED: "error",
+}
+# JSON-RPC error code of a budget or rate-limit rejection (implementation-defined server error range).
+LIMIT_EXCEEDED = -32029

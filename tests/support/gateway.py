@@ -54,9 +54,10 @@ def run_gateway(
     args: list[str] | None = None,
     wait_healthy: bool = False,
     name: str = "gateway",
+    port: int | None = None,
 ) -> Iterator[RunningGateway]:
     """Write `config` to a file and run `mcp-hub serve` on a free port until the block ends."""
-    port = free_port()
+    port = port or free_port()
     config_path = tmp_path / f"{name}.yaml"
     config_path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
     log = tmp_path / f"{name}.log"

@@ -86,6 +86,8 @@ class McpUpstream(Upstream):
         self._seq = 0
         self._notification_listeners: list[NotificationListener] = []
         self._http_client = http_client
+        # A gateway-owned credential added to every HTTP request to this upstream.
+        self.http_auth: httpx2.Auth | None = None
         self.protocol_version: str | None = None
         self.capabilities: types.ServerCapabilities | None = None
         self.connects = 0
@@ -106,7 +108,9 @@ class McpUpstream(Upstream):
             async with stdio_client(params, errlog=sys.stderr) as streams:
                 yield streams
         elif isinstance(cfg, SseUpstreamConfig):
-            async with sse_client(cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout) as streams:
+            async with sse_client(
+                cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout, auth=self.http_auth
+            ) as streams:
                 yield streams
         else:
             client = self._http_client
@@ -114,6 +118,7 @@ class McpUpstream(Upstream):
                 if client is None:
                     client = httpx2.AsyncClient(
                         headers=dict(cfg.headers),
+                        auth=self.http_auth,
                         timeout=httpx2.Timeout(cfg.connect_timeout, read=cfg.call_timeout + 5),
                         follow_redirects=False,
                     )
