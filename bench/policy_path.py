@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import io
 import time
+from collections.abc import Awaitable, Callable
 
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.observability import Metrics, audit, configure_logging
@@ -26,7 +27,8 @@ CONFIG = {
         "developer": {
             "tools": {"allow": ["time__*", "tiny__add"], "deny": ["time__convert_time"]},
             "budgets": [{"tokens": 10**11, "window": "1 day", "count": "total"}],
-            "rate_limits": [{"requests": 10**9, "window": "1 minute", "per": "consumer"}],
+            # Default strategy (moving-window); a 1 second window keeps its entry list realistic.
+            "rate_limits": [{"requests": 10**9, "window": "1 second", "per": "consumer"}],
         },
     },
     "costs": {"time__*": {"per_call": 0.002, "per_1k_tokens": 0.01}},
@@ -83,21 +85,37 @@ async def policy_path(n: int, *, with_audit: bool = True) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5, help="the iterations are split into rounds; best is kept")
     args = parser.parse_args()
-    n = args.iterations
+    n = args.iterations // args.rounds
     configure_logging(json=True, stream=_Null())
 
-    async def run() -> tuple[float, float, float]:
-        await policy_path(500)  # warm caches and imports
-        return await baseline(n), await policy_path(n, with_audit=False), await policy_path(n)
+    async def timed(body: Callable[[int], Awaitable[float]]) -> tuple[float, float]:
+        """Best (wall, CPU) seconds per iteration over the rounds: the machine is shared."""
+        best_wall = best_cpu = float("inf")
+        for _ in range(args.rounds):
+            cpu = time.process_time()
+            wall = await body(n)
+            best_cpu = min(best_cpu, (time.process_time() - cpu) / n)
+            best_wall = min(best_wall, wall / n)
+        return best_wall, best_cpu
 
-    base, no_audit, full = asyncio.run(run())
-    per = 1e6 / n
-    print(f"iterations:                      {n}")
-    print(f"baseline loop (2 no-op awaits):  {base * per:8.1f} us/call")
-    print(f"policy path without audit line:  {no_audit * per:8.1f} us/call")
-    print(f"policy path with audit line:     {full * per:8.1f} us/call")
-    print(f"added by the policy path:        {(full - base) * per:8.1f} us/call (target < 200)")
+    async def run() -> list[tuple[str, tuple[float, float]]]:
+        await policy_path(500)  # warm caches and imports
+        return [
+            ("baseline loop (2 no-op awaits)", await timed(baseline)),
+            ("acl + admit + charge + cost + metrics", await timed(lambda k: policy_path(k, with_audit=False))),
+            ("... + audit line (JSON)", await timed(policy_path)),
+        ]
+
+    results = asyncio.run(run())
+    print(f"{args.iterations} iterations in {args.rounds} rounds; best round, microseconds per call")
+    print(f"{'':40} {'wall':>8} {'cpu':>8}")
+    for label, (wall, cpu) in results:
+        print(f"{label:40} {wall * 1e6:8.1f} {cpu * 1e6:8.1f}")
+    (base_wall, base_cpu), (full_wall, full_cpu) = results[0][1], results[-1][1]
+    print(f"{'added by the policy path (target < 200)':40} {(full_wall - base_wall) * 1e6:8.1f} "
+          f"{(full_cpu - base_cpu) * 1e6:8.1f}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 
+from mcp_hub.auth.identity import Consumer
+
 __all__ = [
     "AUDIT_LOGGER",
     "Metrics",
@@ -241,7 +243,7 @@ def configure_logging(
             processors=[*shared, renderer],
             wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
             context_class=dict,
-        )
+        ).bind()  # the concrete logger, not a lazy proxy that rebinds on every line
 
 
 # -- audit -------------------------------------------------------------------------------------
@@ -267,7 +269,7 @@ def audit(event: Mapping[str, Any]) -> None:
     fields: dict[str, Any] = dict.fromkeys(AUDIT_FIELDS)
     fields.update(event)
     consumer = fields.get("consumer")
-    if consumer is not None and not isinstance(consumer, str) and hasattr(consumer, "group_key"):
+    if isinstance(consumer, Consumer):
         fields["consumer"] = consumer.name
         if fields.get("groups") is None:
             fields["groups"] = list(consumer.group_key)
