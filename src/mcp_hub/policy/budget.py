@@ -21,6 +21,10 @@ any hit that would cross it), which would drop the overshoot. Token counters the
 item whose amount is a large capacity (`_CAPACITY`), so every charge is recorded in full, and
 the budget's own limit is compared with the usage read back from the storage.
 
+Counters are keyed by the rule's path (`groups.developer.budgets[0]`), its strategy and window,
+and the subject (group or consumer name), so replicas with the same config share them; changing
+a rule's limit keeps its usage, reordering rules starts counters afresh.
+
 Strategies: `fixed-window` (default for budgets; one counter, exact reset time),
 `sliding-window-counter` (two counters, smoother), `moving-window` (default for rate limits;
 exact, but stores one entry per unit, so keep it for request counts and small budgets).
