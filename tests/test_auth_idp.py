@@ -8,6 +8,7 @@ gateway sends it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from typing import Any
 import httpx2
 import mcp_types as types
 import pytest
+import structlog
+from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import Context, MCPServer
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,13 +26,15 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from mcp_hub.auth.config import AuthConfig
-from mcp_hub.auth.credentials import UpstreamCredentials
+from mcp_hub.auth.config import AuthConfig, IntrospectionConfig
+from mcp_hub.auth.credentials import UpstreamCredentials, build_upstream_credentials
 from mcp_hub.auth.errors import UpstreamCredentialError
 from mcp_hub.auth.gate import ACCESS_TOKEN_KEY, CONSUMER_KEY
 from mcp_hub.auth.gateway_auth import GatewayAuth
+from mcp_hub.auth.identity import Consumer
 from mcp_hub.auth.keys import new_api_key
 from mcp_hub.auth.metadata import resource_metadata_url
+from mcp_hub.auth.verifier import build_verifier
 from tests.support.clients import claude_mcp_list, sdk_session
 from tests.support.idp import Idp, idp, idp_server, serve_asgi  # noqa: F401 - `idp` is a fixture
 from tests.support.tools import free_port
@@ -165,6 +170,47 @@ def world(idp: Idp) -> Iterator[World]:  # noqa: F811 - pytest fixture injection
     with serve_asgi(_upstream_app(world, upstream_auth), port=upstream_port), \
             serve_asgi(_dispatch(auth, admin_auth, mcp_app), port=port):
         yield world
+
+
+class CapturedLogs:
+    """Every stdlib log record and every raw structlog event (before any redaction) of this module."""
+
+    def __init__(self) -> None:
+        self.records: list[str] = []
+        self.events = structlog.testing.LogCapture()
+        formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+        outer = self
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                outer.records.append(formatter.format(record))
+
+        self.handler = Handler(level=logging.DEBUG)
+
+    def text(self) -> str:
+        return "\n".join(self.records) + "\n" + "\n".join(repr(e) for e in self.events.entries)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def captured_logs() -> Iterator[CapturedLogs]:
+    """Capture all log output of this module's tests, at DEBUG, from every thread."""
+    captured = CapturedLogs()
+    root = logging.getLogger()
+    saved_level, saved_structlog = root.level, structlog.get_config()
+    root.addHandler(captured.handler)
+    root.setLevel(logging.DEBUG)
+    structlog.configure(
+        processors=[captured.events],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=structlog.ReturnLoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield captured
+    finally:
+        root.removeHandler(captured.handler)
+        root.setLevel(saved_level)
+        structlog.configure(**saved_structlog)
 
 
 def initialize(world: World, headers: dict[str, str] | None = None) -> httpx2.Response:
@@ -375,3 +421,36 @@ async def test_passthrough_sends_the_callers_upstream_token_never_the_gateway_to
 def test_claude_code_sees_needs_authentication_then_connected(world: World) -> None:
     assert claude_mcp_list(world.mcp) == "Needs authentication"
     assert claude_mcp_list(world.mcp, bearer(world.token())) == "Connected"
+
+
+# --- no secret in any log -------------------------------------------------------------------
+
+
+async def test_no_token_key_or_secret_appears_in_any_log(world: World, captured_logs: CapturedLogs) -> None:
+    # Error paths on top of what the module's other tests logged: a dead IdP, a refused exchange.
+    dead = build_verifier(AuthConfig(
+        mode="oauth", resource=world.mcp, authorization_servers=[f"http://127.0.0.1:{free_port()}"],
+        introspection=IntrospectionConfig(client_id="mcp-gateway", client_secret=world.idp.gateway_secret),
+    ))
+    assert dead is not None
+    for token in (world.token("mcp-client-opaque"), world.token()):
+        assert await dead.verify_token(token) is None
+    await dead.aclose()
+    async with httpx2.AsyncClient(timeout=10) as http:
+        exchange = build_upstream_credentials(
+            {"mode": "exchange", "client_id": "mcp-gateway", "client_secret": world.idp.gateway_secret,
+             "audience": world.upstream, "authorization_server": world.idp.issuer}, http=http)
+        forged = AccessToken(token="forged-" + world.api_key[::-1], client_id="x", scopes=[])
+        world.idp.issued.append(forged.token)
+        with pytest.raises(UpstreamCredentialError) as refused:
+            await exchange.headers(Consumer("mallory"), forged, {})
+        assert forged.token not in refused.value.description
+    initialize(world, {"X-Api-Key": world.api_key[:-2] + "zz"})
+    initialize(world, bearer(_tampered(world.token())))
+
+    text = captured_logs.text() + world.idp.log.read_text(errors="replace")
+    assert "auth.refused" in text and "auth.jwks_fetched" in text  # the capture saw the auth code log
+    secrets = {s for s in [*world.idp.secrets, world.api_key] if len(s) >= 8}
+    assert len(secrets) > 20
+    leaked = [s[:12] + "..." for s in secrets if s in text]
+    assert not leaked, f"secrets found in logs: {leaked}"

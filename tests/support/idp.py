@@ -238,7 +238,9 @@ def serve_asgi(app: Any, *, port: int | None = None) -> Iterator[str]:
     A thread, not a process, so tests can hand the app live Python objects (verifiers, recorders).
     """
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    # log_config=None: uvicorn's records propagate to the root logger, where tests can inspect them.
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", log_config=None,
+                                           lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
