@@ -40,9 +40,14 @@ from tests.support.idp import Idp, idp, idp_server, serve_asgi  # noqa: F401 - `
 from tests.support.tools import free_port
 
 INIT = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-               "clientInfo": {"name": "auth-test", "version": "0"}},
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "auth-test", "version": "0"},
+    },
 }
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 # Reused: a new httpx2 client costs ~80 ms of CPU here (it builds an SSL context).
@@ -66,14 +71,22 @@ class World:
     def mcp(self) -> str:
         return f"{self.base}/mcp"
 
-    def token(self, client_id: str = "mcp-client", *, resource: str | None = None, scope: str | None = "mcp:tools") -> str:
-        return self.idp.client_credentials(client_id, resource=resource or self.mcp, scope=scope)["access_token"]
+    def token(
+        self, client_id: str = "mcp-client", *, resource: str | None = None, scope: str | None = "mcp:tools"
+    ) -> str:
+        return self.idp.client_credentials(client_id, resource=resource or self.mcp, scope=scope)[
+            "access_token"
+        ]
 
 
 def _consumer_json(scope: Scope) -> dict[str, Any]:
     consumer = scope[CONSUMER_KEY]
-    return {"name": consumer.name, "groups": list(consumer.groups), "method": consumer.method,
-            "forwarded": dict(consumer.forwarded_claims)}
+    return {
+        "name": consumer.name,
+        "groups": list(consumer.groups),
+        "method": consumer.method,
+        "forwarded": dict(consumer.forwarded_claims),
+    }
 
 
 def _mcp_server(world: World) -> MCPServer:
@@ -93,7 +106,9 @@ def _mcp_server(world: World) -> MCPServer:
         assert isinstance(request, Request)
         creds = world.credentials[credential]
         try:
-            headers = await creds.headers(request.scope[CONSUMER_KEY], request.scope[ACCESS_TOKEN_KEY], request.headers)
+            headers = await creds.headers(
+                request.scope[CONSUMER_KEY], request.scope[ACCESS_TOKEN_KEY], request.headers
+            )
         except UpstreamCredentialError as exc:
             return json.dumps({"error": exc.description})
         if world.upstream_http is None:  # created here: it must live in the server's event loop
@@ -128,8 +143,9 @@ def _dispatch(auth: GatewayAuth, admin_auth: GatewayAuth, mcp_app: Any) -> Any:
 
 def _upstream_app(world: World, auth: GatewayAuth) -> Any:
     async def data(request: Request) -> JSONResponse:
-        world.upstream_seen.append({"authorization": request.headers.get("authorization"),
-                                    **_consumer_json(request.scope)})
+        world.upstream_seen.append(
+            {"authorization": request.headers.get("authorization"), **_consumer_json(request.scope)}
+        )
         return JSONResponse({"ok": True})
 
     return auth.protect(Starlette(routes=[Route("/data", data)]), "/data")
@@ -140,35 +156,55 @@ def world(idp: Idp) -> Iterator[World]:  # noqa: F811 - pytest fixture injection
     port, upstream_port = free_port(), free_port()
     base, upstream = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{upstream_port}"
     api_key, digest = new_api_key()
-    config = AuthConfig.model_validate({
-        "mode": ["oauth", "api_key"],
-        "resource": f"{base}/mcp",
-        "authorization_servers": [idp.issuer],
-        "introspection": {"client_id": "mcp-gateway", "client_secret": idp.gateway_secret, "cache_ttl_s": 0},
-        "api_keys": [{"consumer": "ci-bot", "groups": ["ci"], "sha256": digest}],
-        "static_groups": {"mcp-client": ["static-extra"]},
-        "claim_to_header": {"client_id": "X-Client-Id", "groups": "X-Groups"},
-        "leeway_s": 0,
-    })
+    config = AuthConfig.model_validate(
+        {
+            "mode": ["oauth", "api_key"],
+            "resource": f"{base}/mcp",
+            "authorization_servers": [idp.issuer],
+            "introspection": {
+                "client_id": "mcp-gateway",
+                "client_secret": idp.gateway_secret,
+                "cache_ttl_s": 0,
+            },
+            "api_keys": [{"consumer": "ci-bot", "groups": ["ci"], "sha256": digest}],
+            "static_groups": {"mcp-client": ["static-extra"]},
+            "claim_to_header": {"client_id": "X-Client-Id", "groups": "X-Groups"},
+            "leeway_s": 0,
+        }
+    )
     world = World(idp=idp, base=base, config=config, api_key=api_key, upstream=f"{upstream}/data")
     world.upstream = upstream
     auth = GatewayAuth(config)
     admin_auth = GatewayAuth(config.model_copy(update={"required_scopes": ["mcp:admin"]}))
-    upstream_auth = GatewayAuth(AuthConfig(mode="oauth", resource=f"{upstream}/data",
-                                           authorization_servers=[idp.issuer], leeway_s=1))
+    upstream_auth = GatewayAuth(
+        AuthConfig(mode="oauth", resource=f"{upstream}/data", authorization_servers=[idp.issuer], leeway_s=1)
+    )
     world.credentials = {
-        "exchange": auth.credentials({"mode": "exchange", "client_id": "mcp-gateway",
-                                      "client_secret": idp.gateway_secret, "audience": f"{upstream}/data",
-                                      "scopes": ["upstream:read"]}),
-        "client_credentials": auth.credentials({"mode": "client_credentials", "client_id": "mcp-gateway",
-                                                "client_secret": idp.gateway_secret,
-                                                "token_endpoint": idp.token_endpoint,
-                                                "resource": f"{upstream}/data"}),
+        "exchange": auth.credentials(
+            {
+                "mode": "exchange",
+                "client_id": "mcp-gateway",
+                "client_secret": idp.gateway_secret,
+                "audience": f"{upstream}/data",
+                "scopes": ["upstream:read"],
+            }
+        ),
+        "client_credentials": auth.credentials(
+            {
+                "mode": "client_credentials",
+                "client_id": "mcp-gateway",
+                "client_secret": idp.gateway_secret,
+                "token_endpoint": idp.token_endpoint,
+                "resource": f"{upstream}/data",
+            }
+        ),
         "passthrough": auth.credentials({"mode": "passthrough", "source_header": "X-Upstream-Token"}),
     }
     mcp_app = _mcp_server(world).streamable_http_app(host="127.0.0.1")
-    with serve_asgi(_upstream_app(world, upstream_auth), port=upstream_port), \
-            serve_asgi(_dispatch(auth, admin_auth, mcp_app), port=port):
+    with (
+        serve_asgi(_upstream_app(world, upstream_auth), port=upstream_port),
+        serve_asgi(_dispatch(auth, admin_auth, mcp_app), port=port),
+    ):
         yield world
 
 
@@ -281,12 +317,15 @@ def _tampered(token: str) -> str:
     return f"{header}.{flipped}.{signature}"
 
 
-@pytest.mark.parametrize(("case", "reason"), [
-    ("wrong_audience", "token audience is not this resource"),
-    ("tampered", "token signature or format invalid"),
-    ("garbage", "token is not active"),  # not JWT-shaped: introspection says no
-    ("unknown_api_key", "token is not active"),
-])
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong_audience", "token audience is not this resource"),
+        ("tampered", "token signature or format invalid"),
+        ("garbage", "token is not active"),  # not JWT-shaped: introspection says no
+        ("unknown_api_key", "token is not active"),
+    ],
+)
 def test_bad_tokens_get_401_invalid_token(world: World, case: str, reason: str) -> None:
     token = {
         "wrong_audience": lambda: world.token(resource="http://127.0.0.1:9/elsewhere"),
@@ -339,18 +378,42 @@ def test_missing_scope_gets_403(world: World) -> None:
     assert response.status_code == 403
     assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
     assert 'scope="mcp:admin"' in response.headers["www-authenticate"]
-    admin_token = world.idp.client_credentials(resource=world.mcp, scope="mcp:tools mcp:admin")["access_token"]
+    admin_token = world.idp.client_credentials(resource=world.mcp, scope="mcp:tools mcp:admin")[
+        "access_token"
+    ]
     assert HTTP.get(url, headers=bearer(admin_token)).text == "admin ok"
 
 
 def test_session_belongs_to_the_token_that_opened_it(world: World) -> None:
-    opened = initialize(world, bearer(world.token()))
-    session = opened.headers["mcp-session-id"]
-    other = world.token("mcp-client-opaque")
+    owner = world.token()
+    session = initialize(world, bearer(owner)).headers["mcp-session-id"]
     ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
-    headers = {**MCP_HEADERS, **bearer(other), "Mcp-Session-Id": session, "Mcp-Protocol-Version": "2025-06-18"}
-    response = HTTP.post(world.mcp, json=ping, headers=headers)
-    assert response.status_code in (403, 404), response.text  # the SDK's ownership check, fed by scope["user"]
+
+    def ping_as(token: str) -> httpx2.Response:
+        headers = {
+            **MCP_HEADERS,
+            **bearer(token),
+            "Mcp-Session-Id": session,
+            "Mcp-Protocol-Version": "2025-06-18",
+        }
+        return HTTP.post(world.mcp, json=ping, headers=headers)
+
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    HTTP.post(
+        world.mcp,
+        json=initialized,
+        headers={
+            **MCP_HEADERS,
+            **bearer(owner),
+            "Mcp-Session-Id": session,
+            "Mcp-Protocol-Version": "2025-06-18",
+        },
+    )
+    assert ping_as(owner).status_code == 200
+    response = ping_as(world.token("mcp-client-opaque"))
+    assert response.status_code in (403, 404), (
+        response.text
+    )  # the SDK's ownership check, fed by scope["user"]
 
 
 # --- discovery ------------------------------------------------------------------------------
@@ -397,7 +460,9 @@ async def test_client_credentials_upstream_token_is_the_gateways_own(world: Worl
     world.upstream_seen.clear()
     caller = world.token()
     for _ in range(2):
-        assert await call(world, "call_upstream", bearer(caller), credential="client_credentials") == {"status": 200}
+        assert await call(world, "call_upstream", bearer(caller), credential="client_credentials") == {
+            "status": 200
+        }
     assert [s["name"] for s in world.upstream_seen] == ["mcp-gateway", "mcp-gateway"]
     assert caller not in world.upstream_seen[0]["authorization"]
     assert world.credentials["client_credentials"].grants == 1  # type: ignore[attr-defined]
@@ -428,18 +493,31 @@ def test_claude_code_sees_needs_authentication_then_connected(world: World) -> N
 
 async def test_no_token_key_or_secret_appears_in_any_log(world: World, captured_logs: CapturedLogs) -> None:
     # Error paths on top of what the module's other tests logged: a dead IdP, a refused exchange.
-    dead = build_verifier(AuthConfig(
-        mode="oauth", resource=world.mcp, authorization_servers=[f"http://127.0.0.1:{free_port()}"],
-        introspection=IntrospectionConfig(client_id="mcp-gateway", client_secret=world.idp.gateway_secret),
-    ))
+    dead = build_verifier(
+        AuthConfig(
+            mode="oauth",
+            resource=world.mcp,
+            authorization_servers=[f"http://127.0.0.1:{free_port()}"],
+            introspection=IntrospectionConfig(
+                client_id="mcp-gateway", client_secret=world.idp.gateway_secret
+            ),
+        )
+    )
     assert dead is not None
     for token in (world.token("mcp-client-opaque"), world.token()):
         assert await dead.verify_token(token) is None
     await dead.aclose()
     async with httpx2.AsyncClient(timeout=10) as http:
         exchange = build_upstream_credentials(
-            {"mode": "exchange", "client_id": "mcp-gateway", "client_secret": world.idp.gateway_secret,
-             "audience": world.upstream, "authorization_server": world.idp.issuer}, http=http)
+            {
+                "mode": "exchange",
+                "client_id": "mcp-gateway",
+                "client_secret": world.idp.gateway_secret,
+                "audience": world.upstream,
+                "authorization_server": world.idp.issuer,
+            },
+            http=http,
+        )
         forged = AccessToken(token="forged-" + world.api_key[::-1], client_id="x", scopes=[])
         world.idp.issued.append(forged.token)
         with pytest.raises(UpstreamCredentialError) as refused:

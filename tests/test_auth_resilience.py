@@ -20,9 +20,14 @@ from tests.support.idp import Idp, idp, idp_server, serve_asgi, signing_jwks  # 
 from tests.support.tools import free_port
 
 INIT = {
-    "jsonrpc": "2.0", "id": 1, "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {},
-               "clientInfo": {"name": "auth-test", "version": "0"}},
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "auth-test", "version": "0"},
+    },
 }
 MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -41,9 +46,13 @@ def test_idp_down_then_back_with_rotated_keys(tmp_path: Path) -> None:
     old_keys, new_key = signing_jwks("key-2024"), signing_jwks("key-2025")
     secrets = {"client_secret": "cs-resilience-" + "x" * 16, "gateway_secret": "gs-resilience-" + "y" * 16}
     config = AuthConfig(
-        mode="oauth", resource=resource, authorization_servers=[issuer], jwks_min_refetch_s=0,
-        introspection=IntrospectionConfig(client_id="mcp-gateway", client_secret=secrets["gateway_secret"],
-                                          cache_ttl_s=0),
+        mode="oauth",
+        resource=resource,
+        authorization_servers=[issuer],
+        jwks_min_refetch_s=0,
+        introspection=IntrospectionConfig(
+            client_id="mcp-gateway", client_secret=secrets["gateway_secret"], cache_ttl_s=0
+        ),
     )
     auth = GatewayAuth(config)
     verifier = auth.verifier
@@ -51,8 +60,11 @@ def test_idp_down_then_back_with_rotated_keys(tmp_path: Path) -> None:
     app = auth.protect(MCPServer("resilience").streamable_http_app(host="127.0.0.1"), "/mcp")
 
     with serve_asgi(app, port=app_port), httpx2.Client(timeout=10) as http:
+
         def status(token: str) -> tuple[int, str]:
-            response = http.post(resource, json=INIT, headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"})
+            response = http.post(
+                resource, json=INIT, headers={**MCP_HEADERS, "Authorization": f"Bearer {token}"}
+            )
             return response.status_code, response.headers.get("www-authenticate", "")
 
         with idp_server(tmp_path / "up", port=idp_port, jwks=old_keys, **secrets) as first:
@@ -81,8 +93,11 @@ def test_idp_down_then_back_with_rotated_keys(tmp_path: Path) -> None:
 
 async def test_unknown_kid_refetch_is_rate_limited(idp: Idp) -> None:  # noqa: F811
     resource = "http://127.0.0.1:9/mcp"
-    verifier = build_verifier(AuthConfig(mode="oauth", resource=resource, authorization_servers=[idp.issuer],
-                                         jwks_min_refetch_s=0.5))
+    verifier = build_verifier(
+        AuthConfig(
+            mode="oauth", resource=resource, authorization_servers=[idp.issuer], jwks_min_refetch_s=0.5
+        )
+    )
     assert verifier is not None and verifier.jwt is not None
     try:
         good = idp.client_credentials(resource=resource)["access_token"]
@@ -104,7 +119,9 @@ async def test_introspection_is_cached_but_not_past_the_token_lifetime(idp: Idp)
     async with httpx2.AsyncClient(timeout=10) as http:
         introspection = IntrospectionVerifier(
             IntrospectionConfig(client_id="mcp-gateway", client_secret=idp.gateway_secret, cache_ttl_s=60),
-            http, issuer=idp.issuer, resource=resource,
+            http,
+            issuer=idp.issuer,
+            resource=resource,
             metadata=AuthorizationServerMetadata(idp.issuer, http),
             leeway_s=0,
         )
@@ -129,10 +146,14 @@ async def test_introspection_is_cached_but_not_past_the_token_lifetime(idp: Idp)
 
 async def test_unreachable_idp_is_an_auth_error_not_a_crash() -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    verifier = build_verifier(AuthConfig(
-        mode="oauth", resource="http://127.0.0.1:9/mcp", authorization_servers=[dead],
-        introspection=IntrospectionConfig(client_id="gw", client_secret="s3cr3t-value"),
-    ))
+    verifier = build_verifier(
+        AuthConfig(
+            mode="oauth",
+            resource="http://127.0.0.1:9/mcp",
+            authorization_servers=[dead],
+            introspection=IntrospectionConfig(client_id="gw", client_secret="s3cr3t-value"),
+        )
+    )
     assert verifier is not None
     try:
         for token in ("opaque-token-value", rogue_token(dead, "http://127.0.0.1:9/mcp")):

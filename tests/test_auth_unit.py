@@ -50,7 +50,13 @@ def oauth_config(**extra: Any) -> AuthConfig:
 
 
 def token(claims: dict[str, Any], **fields: Any) -> AccessToken:
-    base: dict[str, Any] = {"token": "t", "client_id": "client", "scopes": [], "resource": RESOURCE, "claims": claims}
+    base: dict[str, Any] = {
+        "token": "t",
+        "client_id": "client",
+        "scopes": [],
+        "resource": RESOURCE,
+        "claims": claims,
+    }
     return AccessToken(**{**base, **fields})
 
 
@@ -67,16 +73,19 @@ def test_config_defaults_and_modes() -> None:
     assert (both.consumer_claim, both.groups_claim, both.leeway_s) == ("sub", "groups", 30)
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({"mode": "oauth"}, "needs `resource`"),
-    ({"mode": "oauth", "resource": RESOURCE}, "needs `authorization_servers`"),
-    ({"mode": "api_key"}, "at least one entry"),
-    ({"mode": []}, "empty list"),
-    ({"mode": "saml"}, "mode"),
-    ({"api_keys": [{"consumer": "x", "sha256": "nothex"}]}, "SHA-256"),
-    ({"claim_to_header": {"email": "X Bad"}}, "header name"),
-    ({"resourse": RESOURCE}, "Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"mode": "oauth"}, "needs `resource`"),
+        ({"mode": "oauth", "resource": RESOURCE}, "needs `authorization_servers`"),
+        ({"mode": "api_key"}, "at least one entry"),
+        ({"mode": []}, "empty list"),
+        ({"mode": "saml"}, "mode"),
+        ({"api_keys": [{"consumer": "x", "sha256": "nothex"}]}, "SHA-256"),
+        ({"claim_to_header": {"email": "X Bad"}}, "header name"),
+        ({"resourse": RESOURCE}, "Extra inputs are not permitted"),
+    ],
+)
 def test_config_errors_say_what_is_wrong(data: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         AuthConfig.model_validate(data)
@@ -112,7 +121,9 @@ def test_credential_configs() -> None:
 
 def test_claims_become_a_consumer() -> None:
     claims = {"sub": "u-123", "email": "ann@example.test", "groups": ["eng", "ops"], "client_id": "cli"}
-    consumer = consumer_from_access_token(token(claims), oauth_config(static_groups={"u-123": ["ops", "oncall"]}))
+    consumer = consumer_from_access_token(
+        token(claims), oauth_config(static_groups={"u-123": ["ops", "oncall"]})
+    )
     assert consumer == Consumer(name="u-123", groups=("eng", "ops", "oncall"), method="oauth")
     by_email = consumer_from_access_token(token(claims), oauth_config(consumer_claim="email"))
     assert by_email.name == "ann@example.test"
@@ -120,14 +131,21 @@ def test_claims_become_a_consumer() -> None:
 
 def test_groups_from_nested_namespaced_and_scope_claims() -> None:
     claims = {
-        "sub": "u", "scope": "read write", "realm_access": {"roles": ["admin", "dev"]},
+        "sub": "u",
+        "scope": "read write",
+        "realm_access": {"roles": ["admin", "dev"]},
         "https://example.test/groups": ["ns-group"],
     }
-    assert consumer_from_access_token(token(claims), oauth_config(groups_claim="realm_access.roles")).groups == (
-        "admin", "dev")
-    assert consumer_from_access_token(token(claims), oauth_config(groups_claim="scope")).groups == ("read", "write")
     assert consumer_from_access_token(
-        token(claims), oauth_config(groups_claim="https://example.test/groups")).groups == ("ns-group",)
+        token(claims), oauth_config(groups_claim="realm_access.roles")
+    ).groups == ("admin", "dev")
+    assert consumer_from_access_token(token(claims), oauth_config(groups_claim="scope")).groups == (
+        "read",
+        "write",
+    )
+    assert consumer_from_access_token(
+        token(claims), oauth_config(groups_claim="https://example.test/groups")
+    ).groups == ("ns-group",)
     assert consumer_from_access_token(token(claims), oauth_config(groups_claim="missing.path")).groups == ()
 
 
@@ -138,8 +156,18 @@ def test_name_falls_back_to_subject_then_client() -> None:
 
 def test_forwarded_claims_are_rendered_and_cannot_inject_headers() -> None:
     claims = {"email": "a@b\r\nX-Evil: 1", "groups": ["a", "b"], "org": {"id": 7}, "admin": True}
-    pairs = dict(forwarded_claims(claims, {"email": "X-Email", "groups": "X-Groups", "org": "X-Org",
-                                          "admin": "X-Admin", "absent": "X-Absent"}))
+    pairs = dict(
+        forwarded_claims(
+            claims,
+            {
+                "email": "X-Email",
+                "groups": "X-Groups",
+                "org": "X-Org",
+                "admin": "X-Admin",
+                "absent": "X-Absent",
+            },
+        )
+    )
     assert pairs == {"X-Email": "a@bX-Evil: 1", "X-Groups": "a,b", "X-Org": '{"id":7}', "X-Admin": "true"}
 
 
@@ -172,10 +200,16 @@ async def test_api_keys() -> None:
     assert key.startswith("mcphub_") and len(key) > 40
     assert digest == hashlib.sha256(key.encode()).hexdigest() == api_key_digest(key)
     assert new_api_key()[0] != key
-    config = AuthConfig.model_validate({"mode": "api_key", "api_keys": [
-        {"consumer": "other", "sha256": api_key_digest("nope")},
-        {"consumer": "bot", "groups": ["ci"], "sha256": digest},
-    ], "static_groups": {"bot": ["extra"]}})
+    config = AuthConfig.model_validate(
+        {
+            "mode": "api_key",
+            "api_keys": [
+                {"consumer": "other", "sha256": api_key_digest("nope")},
+                {"consumer": "bot", "groups": ["ci"], "sha256": digest},
+            ],
+            "static_groups": {"bot": ["extra"]},
+        }
+    )
     verifier = ApiKeyVerifier(config.api_keys)
     access = await verifier.verify_token(key)
     assert access is not None and "mcphub_" not in repr(access)
@@ -196,7 +230,9 @@ async def test_injected_credentials_are_read_once(tmp_path: Path, monkeypatch: p
     assert not from_env.belongs_to_caller
     secret_file = tmp_path / "key"
     secret_file.write_text("file-secret\n")
-    from_file = build_upstream_credentials({"mode": "inject", "value_file": str(secret_file), "header": "X-Key"})
+    from_file = build_upstream_credentials(
+        {"mode": "inject", "value_file": str(secret_file), "header": "X-Key"}
+    )
     assert isinstance(from_file, InjectedCredentials)
     assert await from_file.headers(anon, None, {}) == {"X-Key": "file-secret"}
     monkeypatch.delenv("UPSTREAM_SECRET")
@@ -212,21 +248,31 @@ async def test_passthrough_takes_only_the_source_header() -> None:
     consumer = Consumer("c", forwarded_claims=(("X-Email", "c@x"),))
     incoming = {"authorization": "Bearer gateway-token", "x-upstream-token": "ghp_upstream"}
     assert await upstream_headers(creds, consumer, None, incoming) == {
-        "X-Email": "c@x", "Authorization": "Bearer ghp_upstream"}
+        "X-Email": "c@x",
+        "Authorization": "Bearer ghp_upstream",
+    }
     already = {"X-Upstream-Token": "Bearer ghp_upstream"}
     assert await creds.headers(consumer, None, already) == {"Authorization": "Bearer ghp_upstream"}
     with pytest.raises(UpstreamCredentialError, match="X-Upstream-Token"):
         await creds.headers(consumer, None, {"authorization": "Bearer gateway-token"})
-    kept = strip_gateway_credentials({**incoming, "Accept": "x", "X-Api-Key": "k", "Cookie": "c"},
-                                     creds.source_headers)
+    kept = strip_gateway_credentials(
+        {**incoming, "Accept": "x", "X-Api-Key": "k", "Cookie": "c"}, creds.source_headers
+    )
     assert kept == {"Accept": "x"}
 
 
 async def test_exchange_refuses_callers_without_an_oauth_token() -> None:
     async with httpx2.AsyncClient() as http:
         creds = build_upstream_credentials(
-            {"mode": "exchange", "client_id": "gw", "client_secret": "s", "audience": "http://up",
-             "token_endpoint": "http://127.0.0.1:9/token"}, http=http)
+            {
+                "mode": "exchange",
+                "client_id": "gw",
+                "client_secret": "s",
+                "audience": "http://up",
+                "token_endpoint": "http://127.0.0.1:9/token",
+            },
+            http=http,
+        )
         assert creds.belongs_to_caller
         with pytest.raises(UpstreamCredentialError, match="OAuth"):
             await creds.headers(anonymous_consumer(), None, {})
@@ -263,15 +309,22 @@ def test_check_bind() -> None:
 
 async def echo_scope(request: Request) -> JSONResponse:
     consumer = request.scope[CONSUMER_KEY]
-    return JSONResponse({"name": consumer.name, "groups": list(consumer.groups),
-                         "has_token": ACCESS_TOKEN_KEY in request.scope})
+    return JSONResponse(
+        {
+            "name": consumer.name,
+            "groups": list(consumer.groups),
+            "has_token": ACCESS_TOKEN_KEY in request.scope,
+        }
+    )
 
 
 APP = Starlette(routes=[Route("/mcp", echo_scope)])
 
 
 async def through(gate: AuthGate, headers: dict[str, str] | None = None) -> httpx2.Response:
-    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=gate), base_url="http://127.0.0.1:8000") as c:
+    async with httpx2.AsyncClient(
+        transport=httpx2.ASGITransport(app=gate), base_url="http://127.0.0.1:8000"
+    ) as c:
         return await c.get("/mcp", headers=headers or {})
 
 
@@ -292,16 +345,23 @@ class StubVerifier:
         return self.result
 
 
-@pytest.mark.parametrize(("verifier", "status", "reason"), [
-    (StubVerifier(error=RuntimeError("boom")), 401, "token verification failed"),
-    (StubVerifier(None), 401, "token refused"),
-    (StubVerifier(token({"sub": "x"}, resource="http://elsewhere/mcp")), 401, "audience"),
-    (StubVerifier(token({"sub": "x"}, expires_at=1)), 401, "expired"),
-    (StubVerifier(token({"sub": "x"}, scopes=["read"])), 403, "required scope: admin"),
-])
+@pytest.mark.parametrize(
+    ("verifier", "status", "reason"),
+    [
+        (StubVerifier(error=RuntimeError("boom")), 401, "token verification failed"),
+        (StubVerifier(None), 401, "token refused"),
+        (StubVerifier(token({"sub": "x"}, resource="http://elsewhere/mcp")), 401, "audience"),
+        (StubVerifier(token({"sub": "x"}, expires_at=1)), 401, "expired"),
+        (StubVerifier(token({"sub": "x"}, scopes=["read"])), 403, "required scope: admin"),
+    ],
+)
 async def test_gate_refusals(verifier: StubVerifier, status: int, reason: str) -> None:
-    gate = AuthGate(APP, oauth_config(required_scopes=["admin"]), verifier,
-                    resource_metadata_url=resource_metadata_url(RESOURCE))
+    gate = AuthGate(
+        APP,
+        oauth_config(required_scopes=["admin"]),
+        verifier,
+        resource_metadata_url=resource_metadata_url(RESOURCE),
+    )
     response = await through(gate, {"Authorization": "Bearer some-token"})
     assert response.status_code == status
     assert reason in response.json()["error_description"]
@@ -316,7 +376,9 @@ async def test_gate_accepts_a_token_for_its_own_path() -> None:
     assert gate.resource_metadata_url == "http://127.0.0.1:8000/.well-known/oauth-protected-resource/mcp/time"
     response = await through(gate, {"Authorization": "Bearer t"})
     assert response.json() == {"name": "x", "groups": ["g"], "has_token": True}
-    other = AuthGate(APP, config, verifier, resource_metadata_url=None)  # the /mcp gate refuses /mcp/time tokens
+    other = AuthGate(
+        APP, config, verifier, resource_metadata_url=None
+    )  # the /mcp gate refuses /mcp/time tokens
     assert (await through(other, {"Authorization": "Bearer t"})).status_code == 401
 
 

@@ -84,7 +84,9 @@ class Idp:
     def secret_for(self, client_id: str) -> str:
         return self.gateway_secret if client_id == "mcp-gateway" else self.client_secret
 
-    def _token_request(self, data: dict[str, str], client_id: str | None, endpoint: str | None = None) -> dict[str, Any]:
+    def _token_request(
+        self, data: dict[str, str], client_id: str | None, endpoint: str | None = None
+    ) -> dict[str, Any]:
         auth = (client_id, self.secret_for(client_id)) if client_id else None
         response = self.http.post(endpoint or self.token_endpoint, data=data, auth=auth)
         body = response.json()
@@ -93,30 +95,44 @@ class Idp:
         self.issued.extend(v for k, v in body.items() if k in ("access_token", "refresh_token", "id_token"))
         return body
 
-    def client_credentials(self, client_id: str = "mcp-client", *, resource: str, scope: str | None = "mcp:tools") -> dict[str, Any]:
+    def client_credentials(
+        self, client_id: str = "mcp-client", *, resource: str, scope: str | None = "mcp:tools"
+    ) -> dict[str, Any]:
         """A token response from the client credentials grant for `resource`."""
         data = {"grant_type": "client_credentials", "resource": resource}
         if scope:
             data["scope"] = scope
         return self._token_request(data, client_id)
 
-    def exchange(self, subject_token: str, *, audience: str, client_id: str = "mcp-gateway") -> dict[str, Any]:
+    def exchange(
+        self, subject_token: str, *, audience: str, client_id: str = "mcp-gateway"
+    ) -> dict[str, Any]:
         """A token exchange (RFC 8693) response, as the gateway would make it."""
         return self._token_request(
-            {"grant_type": TOKEN_EXCHANGE, "subject_token": subject_token,
-             "subject_token_type": ACCESS_TOKEN_TYPE, "audience": audience},
+            {
+                "grant_type": TOKEN_EXCHANGE,
+                "subject_token": subject_token,
+                "subject_token_type": ACCESS_TOKEN_TYPE,
+                "audience": audience,
+            },
             client_id,
         )
 
     def revoke(self, token: str, client_id: str) -> None:
         """Revoke a token as the client it was issued to."""
-        response = self.http.post(f"{self.issuer}/token/revocation", data={"token": token},
-                                  auth=(client_id, self.secret_for(client_id)))
+        response = self.http.post(
+            f"{self.issuer}/token/revocation",
+            data={"token": token},
+            auth=(client_id, self.secret_for(client_id)),
+        )
         assert response.status_code == 200, response.text
 
     def introspect(self, token: str) -> dict[str, Any]:
-        response = self.http.post(f"{self.issuer}/token/introspection", data={"token": token},
-                                  auth=("mcp-gateway", self.gateway_secret))
+        response = self.http.post(
+            f"{self.issuer}/token/introspection",
+            data={"token": token},
+            auth=("mcp-gateway", self.gateway_secret),
+        )
         return response.json()
 
     def authorization_code(
@@ -134,9 +150,15 @@ class Idp:
         verifier, challenge = pkce_pair()
         state = secrets.token_urlsafe(8)
         params = {
-            "client_id": client_id, "response_type": "code", "redirect_uri": redirect_uri, "scope": scope,
-            "code_challenge": challenge, "code_challenge_method": "S256", "state": state,
-            "resource": resource, "prompt": "consent",
+            "client_id": client_id,
+            "response_type": "code",
+            "redirect_uri": redirect_uri,
+            "scope": scope,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "state": state,
+            "resource": resource,
+            "prompt": "consent",
         }
         with httpx2.Client(timeout=10, follow_redirects=False) as browser:
             response = browser.get(authorization_endpoint or f"{self.issuer}/auth", params=params)
@@ -144,7 +166,9 @@ class Idp:
                 location = response.headers.get("location", "")
                 if location.startswith(redirect_uri):
                     break
-                assert response.status_code in (302, 303), f"unexpected {response.status_code}: {response.text[:300]}"
+                assert response.status_code in (302, 303), (
+                    f"unexpected {response.status_code}: {response.text[:300]}"
+                )
                 url = urljoin(str(response.url), location)
                 page = browser.get(url)
                 if page.status_code in (302, 303):
@@ -163,8 +187,14 @@ class Idp:
             assert query.get("state") == [state], query
             assert "code" in query, query
         return self._token_request(
-            {"grant_type": "authorization_code", "code": query["code"][0], "code_verifier": verifier,
-             "redirect_uri": redirect_uri, "client_id": client_id, "resource": resource},
+            {
+                "grant_type": "authorization_code",
+                "code": query["code"][0],
+                "code_verifier": verifier,
+                "redirect_uri": redirect_uri,
+                "client_id": client_id,
+                "resource": resource,
+            },
             None,
             endpoint=token_endpoint,
         )
@@ -172,8 +202,12 @@ class Idp:
     def refresh(self, refresh_token: str, *, resource: str, client_id: str = "mcp-public") -> dict[str, Any]:
         """A refresh token grant for a public client."""
         return self._token_request(
-            {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id,
-             "resource": resource},
+            {
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": client_id,
+                "resource": resource,
+            },
             None,
         )
 
@@ -239,8 +273,9 @@ def serve_asgi(app: Any, *, port: int | None = None) -> Iterator[str]:
     """
     port = port or free_port()
     # log_config=None: uvicorn's records propagate to the root logger, where tests can inspect them.
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", log_config=None,
-                                           lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info", log_config=None, lifespan="on")
+    )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -135,7 +135,9 @@ async def post_form(
     try:
         body = response.json()
     except ValueError:
-        raise AuthServerUnavailable(f"{what} failed: {url} answered HTTP {response.status_code} without JSON") from None
+        raise AuthServerUnavailable(
+            f"{what} failed: {url} answered HTTP {response.status_code} without JSON"
+        ) from None
     if not isinstance(body, dict):
         raise AuthServerUnavailable(f"{what} failed: {url} did not return a JSON object")
     return response.status_code, body

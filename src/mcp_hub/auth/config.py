@@ -105,9 +105,17 @@ class AuthConfig(_Model):
     def _complete_for_mode(self) -> AuthConfig:
         if "oauth" in self.methods:
             if not self.resource:
-                raise ValueError("mode oauth needs `resource` (this gateway's URL, e.g. https://hub.example/mcp)")
-            if not (self.authorization_servers or self.jwks_uri or (self.introspection and self.introspection.endpoint)):
-                raise ValueError("mode oauth needs `authorization_servers` (or `jwks_uri` / `introspection.endpoint`)")
+                raise ValueError(
+                    "mode oauth needs `resource` (this gateway's URL, e.g. https://hub.example/mcp)"
+                )
+            if not (
+                self.authorization_servers
+                or self.jwks_uri
+                or (self.introspection and self.introspection.endpoint)
+            ):
+                raise ValueError(
+                    "mode oauth needs `authorization_servers` (or `jwks_uri` / `introspection.endpoint`)"
+                )
         if "api_key" in self.methods and not self.api_keys:
             raise ValueError("mode api_key needs at least one entry in `api_keys`")
         return self
@@ -150,7 +158,9 @@ class PassthroughCredentialConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> PassthroughCredentialConfig:
         if self.source_header.lower() in ("authorization", "x-api-key"):
-            raise ValueError("`source_header` must not be the header that carries the gateway's own credential")
+            raise ValueError(
+                "`source_header` must not be the header that carries the gateway's own credential"
+            )
         self.format = _default_format(self.header, self.format)
         return self
 

@@ -128,7 +128,9 @@ class InjectedCredentials(UpstreamCredentials):
         try:
             value = config.value_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise CredentialConfigError(f"cannot read secret file {config.value_file}: {exc.strerror}") from None
+            raise CredentialConfigError(
+                f"cannot read secret file {config.value_file}: {exc.strerror}"
+            ) from None
         if not value:
             raise CredentialConfigError(f"secret file {config.value_file} is empty")
         return value
@@ -171,7 +173,7 @@ class PassthroughCredentials(UpstreamCredentials):
             )
         scheme = self.format.split("{}", 1)[0]
         if scheme and value.lower().startswith(scheme.lower()):
-            value = value[len(scheme):]  # the caller already wrote "Bearer ..."
+            value = value[len(scheme) :]  # the caller already wrote "Bearer ..."
         return {self.header: _render(self.format, value)}
 
 
@@ -186,10 +188,16 @@ class _TokenEndpointClient:
     ) -> None:
         self.config = config
         self._http = http
-        server = config.authorization_server or (auth.authorization_servers[0] if auth and auth.authorization_servers else None)
+        server = config.authorization_server or (
+            auth.authorization_servers[0] if auth and auth.authorization_servers else None
+        )
         if config.token_endpoint is None and server is None:
-            raise CredentialConfigError("give `token_endpoint` or `authorization_server` (or auth.authorization_servers)")
-        self._metadata = AuthorizationServerMetadata(server, http) if server and not config.token_endpoint else None
+            raise CredentialConfigError(
+                "give `token_endpoint` or `authorization_server` (or auth.authorization_servers)"
+            )
+        self._metadata = (
+            AuthorizationServerMetadata(server, http) if server and not config.token_endpoint else None
+        )
 
     async def request(self, form: dict[str, str], what: str) -> tuple[str, float]:
         """The access token and its lifetime in seconds; raises `UpstreamCredentialError`."""
@@ -250,7 +258,9 @@ class ExchangedCredentials(UpstreamCredentials):
     ) -> dict[str, str]:
         """`Authorization: Bearer <exchanged token>` for this consumer."""
         if token is None or isinstance(token, ApiKeyAccessToken):
-            raise UpstreamCredentialError("token exchange needs a caller authenticated with an OAuth access token")
+            raise UpstreamCredentialError(
+                "token exchange needs a caller authenticated with an OAuth access token"
+            )
         key = (consumer.name, hashlib.sha256(token.token.encode()).hexdigest())
         value = self._cached(key)
         if value is None:
@@ -287,7 +297,9 @@ class ExchangedCredentials(UpstreamCredentials):
             form["scope"] = " ".join(self.config.scopes)
         value, lifetime = await self._client.request(form, "token exchange")
         self.exchanges += 1
-        log.debug("auth.token_exchanged", consumer=key[0], audience=self.config.audience or self.config.resource)
+        log.debug(
+            "auth.token_exchanged", consumer=key[0], audience=self.config.audience or self.config.resource
+        )
         self._cache[key] = (_fresh_until(lifetime), value)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -297,7 +309,9 @@ class ExchangedCredentials(UpstreamCredentials):
 class ClientCredentialsGrant(UpstreamCredentials):
     """The gateway's own token for the upstream (client credentials grant), cached until near expiry."""
 
-    def __init__(self, config: ClientCredentialsConfig, *, auth: AuthConfig | None, http: httpx2.AsyncClient) -> None:
+    def __init__(
+        self, config: ClientCredentialsConfig, *, auth: AuthConfig | None, http: httpx2.AsyncClient
+    ) -> None:
         self.header = config.header
         self.config = config
         self._client = _TokenEndpointClient(config, auth, http)

@@ -49,7 +49,9 @@ def access_token_of(scope: Scope) -> AccessToken | None:
 
 
 class _Refusal(Exception):
-    def __init__(self, status: int, error: str | None, description: str, scope_needed: str | None = None) -> None:
+    def __init__(
+        self, status: int, error: str | None, description: str, scope_needed: str | None = None
+    ) -> None:
         super().__init__(description)
         self.status = status
         self.error = error
@@ -79,7 +81,9 @@ class AuthGate:
         resource: str | None = None,
     ) -> None:
         if "oauth" in config.methods and verifier is None:
-            raise ValueError("auth mode oauth needs a token verifier (see mcp_hub.auth.verifier.build_verifier)")
+            raise ValueError(
+                "auth mode oauth needs a token verifier (see mcp_hub.auth.verifier.build_verifier)"
+            )
         self.app = app
         self.config = config
         self.verifier = verifier
@@ -96,14 +100,20 @@ class AuthGate:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if scope["type"] == "http" and scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "OPTIONS"
+            and "access-control-request-method" in headers
+        ):
             # CORS preflights carry no credentials by design; the app answers them.
             await self.app(scope, receive, send)
             return
         try:
             token = await self._authenticate(headers)
         except _Refusal as refusal:
-            log.info("auth.refused", path=scope.get("path"), status=refusal.status, reason=refusal.description)
+            log.info(
+                "auth.refused", path=scope.get("path"), status=refusal.status, reason=refusal.description
+            )
             await self._refuse(scope, send, refusal)
             return
 
@@ -166,8 +176,12 @@ class AuthGate:
                 raise _Refusal(401, "invalid_token", "token audience is not this resource")
         missing = [s for s in self.config.required_scopes if s not in token.scopes]
         if missing:
-            raise _Refusal(403, "insufficient_scope", f"required scope: {' '.join(missing)}",
-                           scope_needed=" ".join(self.config.required_scopes))
+            raise _Refusal(
+                403,
+                "insufficient_scope",
+                f"required scope: {' '.join(missing)}",
+                scope_needed=" ".join(self.config.required_scopes),
+            )
 
     async def _refuse(self, scope: Scope, send: Send, refusal: _Refusal) -> None:
         if scope["type"] == "websocket":

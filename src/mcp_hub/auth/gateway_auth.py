@@ -1,10 +1,10 @@
 """`GatewayAuth`: what the app wires in, built once from the `auth:` config.
 
-    auth = GatewayAuth(AuthConfig.model_validate(config.auth))
-    app = auth.protect(mcp_app, "/mcp")            # an AuthGate for that path
-    routes += auth.routes(["/mcp", "/mcp/time"])   # RFC 9728 metadata, one per path
-    creds = auth.credentials(upstream.credentials) # UpstreamCredentials for one upstream
-    await auth.aclose()                            # at shutdown
+auth = GatewayAuth(AuthConfig.model_validate(config.auth))
+app = auth.protect(mcp_app, "/mcp")            # an AuthGate for that path
+routes += auth.routes(["/mcp", "/mcp/time"])   # RFC 9728 metadata, one per path
+creds = auth.credentials(upstream.credentials) # UpstreamCredentials for one upstream
+await auth.aclose()                            # at shutdown
 """
 
 from __future__ import annotations
@@ -69,8 +69,12 @@ class GatewayAuth:
     def protect(self, app: ASGIApp, path: str) -> ASGIApp:
         """`app` behind an `AuthGate` whose 401s point at this path's protected resource metadata."""
         resource = self.resource_for(path)
-        metadata_url = resource_metadata_url(resource) if resource and "oauth" in self.config.methods else None
-        return AuthGate(app, self.config, self.verifier, resource_metadata_url=metadata_url, resource=resource)
+        metadata_url = (
+            resource_metadata_url(resource) if resource and "oauth" in self.config.methods else None
+        )
+        return AuthGate(
+            app, self.config, self.verifier, resource_metadata_url=metadata_url, resource=resource
+        )
 
     def routes(self, paths: Iterable[str]) -> list[Route]:
         """Protected resource metadata routes for the given gateway paths (none unless OAuth is on)."""

@@ -94,7 +94,9 @@ def _header_value(value: Any) -> str | None:
     return "".join(ch for ch in text if ch >= " " and ch != "\x7f")
 
 
-def forwarded_claims(claims: Mapping[str, Any], claim_to_header: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+def forwarded_claims(
+    claims: Mapping[str, Any], claim_to_header: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
     """(header, value) pairs for the claims `claim_to_header` names and the token carries."""
     pairs = []
     for path, header in claim_to_header.items():

@@ -44,7 +44,9 @@ def protected_resource_routes(
     )
 
 
-def gateway_resource_routes(config: AuthConfig, paths: Iterable[str], *, resource_name: str = "mcp-hub") -> list[Route]:
+def gateway_resource_routes(
+    config: AuthConfig, paths: Iterable[str], *, resource_name: str = "mcp-hub"
+) -> list[Route]:
     """One metadata route per protected gateway path, all naming the gateway's authorization servers.
 
     `config.resource` gives the origin (scheme, host, port); each path becomes its own resource

@@ -92,7 +92,11 @@ def within_resource(audience: str, resource: str) -> bool:
 
 
 def _matching_audience(aud: Any, resource: str) -> str | None:
-    audiences = [a for a in ([aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []) if isinstance(a, str)]
+    audiences = [
+        a
+        for a in ([aud] if isinstance(aud, str) else aud if isinstance(aud, list) else [])
+        if isinstance(a, str)
+    ]
     # The exact resource first; a per-path resource of this gateway (RFC 9728 per path) second.
     exact = next((a for a in audiences if same_url(a, resource)), None)
     return exact or next((a for a in audiences if within_resource(a, resource)), None)
@@ -193,7 +197,9 @@ class JWKSCache:
         try:
             document = response.json()
             # Keys for encryption, and kinds joserfc cannot load, are skipped rather than fatal.
-            usable = [k for k in document.get("keys", []) if isinstance(k, dict) and k.get("use", "sig") == "sig"]
+            usable = [
+                k for k in document.get("keys", []) if isinstance(k, dict) and k.get("use", "sig") == "sig"
+            ]
             keys = KeySet([k for k in (self._import(k) for k in usable) if k is not None])
         except (ValueError, AttributeError) as exc:
             raise AuthServerUnavailable(f"JWKS {uri} is not a valid key set ({type(exc).__name__})") from None
@@ -229,7 +235,9 @@ class JWTVerifier(_VerifierBase):
         algorithms: Sequence[str] = JWT_ALGORITHMS,
     ) -> None:
         if resource is None and not relaxed_audience:
-            raise ValueError("a JWT verifier needs the resource (audience) unless the audience check is relaxed")
+            raise ValueError(
+                "a JWT verifier needs the resource (audience) unless the audience check is relaxed"
+            )
         self.jwks = jwks
         self.issuer = issuer
         self.resource = resource
@@ -270,7 +278,10 @@ class JWTVerifier(_VerifierBase):
     def _validated(self, token: str, claims: dict[str, Any]) -> AccessToken:
         options: dict[str, Any] = {"exp": {"essential": True}}
         if self.issuer:
-            options["iss"] = {"essential": True, "values": [self.issuer, self.issuer.rstrip("/"), self.issuer + "/"]}
+            options["iss"] = {
+                "essential": True,
+                "values": [self.issuer, self.issuer.rstrip("/"), self.issuer + "/"],
+            }
         registry = jwt.JWTClaimsRegistry(leeway=int(self.leeway_s), **options)
         try:
             registry.validate(claims)
@@ -293,7 +304,9 @@ class JWTVerifier(_VerifierBase):
 
 
 def _access_token(token: str, claims: dict[str, Any], resource: str | None) -> VerifiedAccessToken:
-    client_id = claims.get("client_id") or claims.get("azp") or claims.get("cid") or claims.get("sub") or "unknown"
+    client_id = (
+        claims.get("client_id") or claims.get("azp") or claims.get("cid") or claims.get("sub") or "unknown"
+    )
     exp = claims.get("exp")
     sub = claims.get("sub")
     return VerifiedAccessToken(
@@ -328,7 +341,9 @@ class IntrospectionVerifier(_VerifierBase):
         if config.endpoint is None and metadata is None:
             raise ValueError("introspection needs an endpoint or authorization server metadata to find one")
         if resource is None and not relaxed_audience:
-            raise ValueError("introspection needs the resource (audience) unless the audience check is relaxed")
+            raise ValueError(
+                "introspection needs the resource (audience) unless the audience check is relaxed"
+            )
         self.config = config
         self._http = http
         self._metadata = metadata
