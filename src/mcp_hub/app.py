@@ -95,6 +95,10 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as stack:
             await tg.start(gateway.run)
+            if gateway.config_path:
+                from mcp_hub.runtime import watch_config
+
+                tg.start_soon(watch_config, gateway, gateway.config_path)
             for manager in managers:
                 await stack.enter_async_context(manager.run())
             try:

@@ -33,7 +33,7 @@ from mcp_hub.auth.identity import Consumer, anonymous
 from mcp_hub.catalog import CatalogView, Source, build_view
 from mcp_hub.config import GatewayConfig, ServerRoute
 from mcp_hub.pipeline import CallOutcome, Pipeline, PolicyPipeline
-from mcp_hub.upstreams.base import CallContext, DownstreamPeer, Upstream, UpstreamUnavailable
+from mcp_hub.upstreams.base import CallContext, DownstreamPeer, Upstream, UpstreamState, UpstreamUnavailable
 from mcp_hub.upstreams.mcp import McpUpstream
 
 logger = logging.getLogger(__name__)
@@ -154,21 +154,24 @@ class Gateway:
         config: GatewayConfig,
         *,
         pipeline: Pipeline | None = None,
-        upstreams: dict[str, Upstream] | None = None,
+        upstream_factory: Callable[[GatewayConfig], dict[str, Upstream]] | None = None,
         default_consumer: Consumer | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline or PolicyPipeline.from_config(config)
         self.default_consumer = default_consumer or anonymous()
         self.auth: Any = None  # GatewayAuth when callers must authenticate
-        self.upstreams: dict[str, Upstream] = upstreams if upstreams is not None else build_upstreams(config)
+        self.config_path: str | None = None  # watched for hot reload when set
+        self._upstream_factory = upstream_factory or build_upstreams
+        self.upstreams: dict[str, Upstream] = self._upstream_factory(config)
+        self._scopes: dict[str, anyio.CancelScope] = {}
         self._version = 0
         self.routes: dict[str, Route] = {}
         self.collisions: list[str] = []
         self._validators: dict[tuple[int, str], Any] = {}
         self._refresh_pending = False
         self._tg: anyio.abc.TaskGroup | None = None
-        for spec in self._route_specs():
+        for spec in _route_specs(config):
             self.routes[spec.path] = Route(
                 path=spec.path,
                 upstreams=spec.upstreams or list(self.upstreams),
@@ -182,11 +185,6 @@ class Gateway:
             if isinstance(upstream, McpUpstream):
                 upstream.on_notification(self._on_upstream_notification)
 
-    def _route_specs(self) -> list[ServerRoute]:
-        specs = [r for r in self.config.servers if r.path != ALL_ROUTE]
-        main = next((r for r in self.config.servers if r.path == ALL_ROUTE), ServerRoute(path=ALL_ROUTE))
-        return [main, *specs]
-
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -195,13 +193,29 @@ class Gateway:
             self._tg = tg
             async with anyio.create_task_group() as starting:
                 for upstream in self.upstreams.values():
-                    starting.start_soon(tg.start, upstream.run)
+                    starting.start_soon(self._start_upstream, upstream)
             self.rebuild(notify=False)
             task_status.started()
             await anyio.sleep_forever()
 
-    def add_upstream(self, upstream: Upstream, *, routes: list[str] | None = None) -> None:
-        """Register an upstream at run time (e.g. an OpenAPI document) and start it."""
+    async def _start_upstream(self, upstream: Upstream) -> None:
+        assert self._tg is not None
+        await self._tg.start(self._run_upstream, upstream)
+
+    async def _run_upstream(self, upstream: Upstream, *, task_status: TaskStatus[None]) -> None:
+        # One cancel scope per upstream, so a reload or a removal stops exactly that one.
+        with anyio.CancelScope() as scope:
+            self._scopes[upstream.name] = scope
+            await upstream.run(task_status=task_status)
+
+    def _stop_upstream(self, name: str) -> None:
+        scope = self._scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def add_upstream(self, upstream: Upstream, *, routes: list[str] | None = None) -> None:
+        """Register an upstream at run time (e.g. an OpenAPI document), start it, and wait for its first
+        connection attempt (the upstream may be down after it: see its state)."""
         if upstream.name in self.upstreams:
             raise ValueError(f"an upstream named {upstream.name!r} exists already")
         self.upstreams[upstream.name] = upstream
@@ -210,7 +224,76 @@ class Gateway:
             if route.path == ALL_ROUTE or (routes and route.path in routes):
                 route.upstreams.append(upstream.name)
         if self._tg is not None:
-            self._tg.start_soon(upstream.run)
+            await self._start_upstream(upstream)
+        self.rebuild()
+
+    def remove_upstream(self, name: str) -> None:
+        """Stop an upstream and take its items out of every route."""
+        if name not in self.upstreams:
+            raise KeyError(name)
+        self._stop_upstream(name)
+        upstream = self.upstreams.pop(name)
+        upstream.state = UpstreamState.STOPPED
+        for route in self.routes.values():
+            if name in route.upstreams:
+                route.upstreams.remove(name)
+        self.rebuild()
+
+    async def reload(self, config: GatewayConfig) -> dict[str, list[str]]:
+        """Switch to a new (already validated) config without dropping client sessions.
+
+        Upstreams whose config did not change keep running; changed ones are restarted; added and
+        removed ones are started and stopped. Clients whose view changed get list_changed. Route
+        paths and auth are fixed for the life of the process: changing them is reported as needing
+        a restart and the old ones keep serving.
+        """
+        old = self.config
+        summary: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": [],
+                                         "restart_required": []}
+        new_objects = self._upstream_factory(config)
+        for name in list(self.upstreams):
+            if name not in new_objects:
+                self._stop_upstream(name)
+                self.upstreams.pop(name)
+                summary["removed"].append(name)
+        for name, upstream in new_objects.items():
+            if name in self.upstreams and _upstream_config(old, name) == _upstream_config(config, name):
+                summary["unchanged"].append(name)
+                continue
+            if name in self.upstreams:
+                self._stop_upstream(name)
+                summary["changed"].append(name)
+            else:
+                summary["added"].append(name)
+            self.upstreams[name] = upstream
+            upstream.on_catalog_change(self._on_upstream_change)
+            if isinstance(upstream, McpUpstream):
+                upstream.on_notification(self._on_upstream_notification)
+        order = list(new_objects)
+        self.upstreams = {name: self.upstreams[name] for name in order}
+        if config.auth != old.auth:
+            summary["restart_required"].append("auth")
+        if config.listen != old.listen:
+            summary["restart_required"].append("listen")
+        specs = {spec.path: spec for spec in _route_specs(config)}
+        for path in set(specs) ^ set(self.routes):
+            summary["restart_required"].append(f"servers: {path}")
+        for path, route in self.routes.items():
+            spec = specs.get(path)
+            if spec is not None:
+                route.upstreams = list(spec.upstreams or order)
+                route.prefixed = spec.prefix
+            else:
+                route.upstreams = [u for u in route.upstreams if u in self.upstreams]
+        self.pipeline = self.pipeline.reconfigured(config)
+        self.config = config
+        if self._tg is not None:
+            async with anyio.create_task_group() as starting:
+                for name in summary["added"] + summary["changed"]:
+                    starting.start_soon(self._start_upstream, self.upstreams[name])
+        self.rebuild()
+        logger.info("config reloaded: %s", {k: v for k, v in summary.items() if v})
+        return summary
 
     def prefix_of(self, name: str) -> str:
         upstream = self.upstreams[name]
@@ -561,6 +644,18 @@ class Gateway:
             raise
         await self.pipeline.charge(call, result, CallOutcome.ERROR_RESULT if result.is_error else CallOutcome.OK)
         return result
+
+
+def _route_specs(config: GatewayConfig) -> list[ServerRoute]:
+    """`/mcp` (all upstreams, prefixed, unless configured otherwise) first, then the virtual servers."""
+    specs = [r for r in config.servers if r.path != ALL_ROUTE]
+    main = next((r for r in config.servers if r.path == ALL_ROUTE), ServerRoute(path=ALL_ROUTE))
+    return [main, *specs]
+
+
+def _upstream_config(config: GatewayConfig, name: str) -> Any:
+    cfg = config.upstreams.get(name)
+    return cfg.model_dump() if cfg is not None else config.openapi.get(name)
 
 
 def build_upstreams(config: GatewayConfig) -> dict[str, Upstream]:

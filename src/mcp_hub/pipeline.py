@@ -71,6 +71,10 @@ class Pipeline:
     def from_config(cls, config: GatewayConfig) -> Pipeline:
         return cls()
 
+    def reconfigured(self, config: GatewayConfig) -> Pipeline:
+        """The pipeline for a reloaded config."""
+        return type(self).from_config(config)
+
     # -- visibility ------------------------------------------------------------------------------
 
     def decide(self, consumer: Consumer, kind: str, name: str, upstream: str | None) -> tuple[bool, str]:
@@ -193,6 +197,15 @@ class PolicyPipeline(Pipeline):
     @classmethod
     def from_config(cls, config: GatewayConfig) -> PolicyPipeline:
         return cls(PolicyConfig.model_validate(config.policy))
+
+    def reconfigured(self, config: GatewayConfig) -> PolicyPipeline:
+        """New rules, same metrics registry; the same counters when the storage did not change."""
+        policy = PolicyConfig.model_validate(config.policy)
+        budgets = None
+        if policy.storage == self.policy.storage:
+            budgets = Budgets(policy, storage=self.budgets.storage,
+                              on_storage_error=lambda op: self.metrics.storage_errors.labels(op).inc())
+        return PolicyPipeline(policy, metrics=self.metrics, budgets=budgets)
 
     def decide(self, consumer: Consumer, kind: str, name: str, upstream: str | None) -> tuple[bool, str]:
         decision = decide(consumer, kind, name, upstream, self.policy)  # type: ignore[arg-type]

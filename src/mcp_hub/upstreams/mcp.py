@@ -92,6 +92,13 @@ class McpUpstream(Upstream):
         self.capabilities: types.ServerCapabilities | None = None
         self.connects = 0
 
+    def health(self) -> dict[str, Any]:
+        out = super().health()
+        out["connects"] = self.connects
+        if self.protocol_version:
+            out["protocol"] = self.protocol_version
+        return out
+
     # -- connection lifecycle -------------------------------------------------------------------
 
     def on_notification(self, listener: NotificationListener) -> None:
