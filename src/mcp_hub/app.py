@@ -89,6 +89,12 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
             return Response(body, media_type=content_type)
 
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    try:
+        from mcp_hub.admin import admin_routes
+
+        routes.extend(admin_routes(gateway))
+    except ImportError:  # the admin API module is optional
+        pass
     routes.extend(extra_routes or [])
 
     @contextlib.asynccontextmanager

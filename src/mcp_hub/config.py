@@ -114,6 +114,7 @@ class GatewayConfig(_Model):
     openapi: dict[Annotated[str, Field(pattern=NAME_PATTERN)], dict[str, Any]] = Field(default_factory=dict)
     servers: list[ServerRoute] = Field(default_factory=list)
     auth: dict[str, Any] = Field(default_factory=dict)
+    admin: dict[str, Any] = Field(default_factory=dict, description="The admin API (see mcp_hub.admin).")
     # Policy keys (default_acl, groups, ...) sit at the top level; the policy model validates them.
     policy: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
@@ -251,6 +252,14 @@ def validate_sections(config: GatewayConfig) -> list[str]:
         pass
     except ValidationError as exc:
         problems += format_validation_error(exc, "auth")
+    try:
+        from mcp_hub.admin import AdminConfig
+
+        AdminConfig.model_validate(config.admin)
+    except ImportError:
+        pass
+    except ValidationError as exc:
+        problems += format_validation_error(exc, "admin")
     try:
         from mcp_hub.upstreams.openapi.config import OpenAPIUpstreamConfig
 
