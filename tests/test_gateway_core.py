@@ -12,6 +12,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 
 from tests.support.gateway import RunningGateway, python_server, run_gateway, wait_until
 from tests.support.processes import running, stop, wait_for_port
@@ -137,9 +138,12 @@ async def test_progress_reaches_the_client(stack: dict[str, Any], mode: str) -> 
     assert seen[-1][1] == 4
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("tool", ["local__ask_llm", "remote__ask_llm"])
-async def test_sampling_and_elicitation_answered_by_the_caller(stack: dict[str, Any], tool: str) -> None:
-    """local__ is a handshake-era upstream (request mid-call); remote__ is 2026-07-28 (input_required)."""
+async def test_sampling_and_elicitation_answered_by_the_caller(stack: dict[str, Any], tool: str, mode: str) -> None:
+    """All four era pairs: local__ is a handshake-era upstream (requests mid-call), remote__ a 2026-07-28
+    one (input_required rounds); a legacy caller answers requests mid-call, an auto (2026-07-28) caller
+    answers the gateway's input_required rounds."""
     gw: RunningGateway = stack["gw"]
     prompts: list[str] = []
 
@@ -152,7 +156,8 @@ async def test_sampling_and_elicitation_answered_by_the_caller(stack: dict[str, 
     async def elicitation(ctx: Any, params: Any) -> types.ElicitResult:
         return types.ElicitResult(action="accept", content={"answer": "blue"})
 
-    async with Client(gw.mcp, mode="legacy", sampling_callback=sampling, elicitation_callback=elicitation) as client:
+    async with Client(gw.mcp, mode=mode, sampling_callback=sampling, elicitation_callback=elicitation) as client:
+        await client.list_tools()
         r = await client.call_tool(tool, {"prompt": "meaning of life?"})
         assert r.content[0].text == "forty-two", r
         assert prompts == ["meaning of life?"]
@@ -340,3 +345,25 @@ async def test_stateless_mode(tmp_path: Path, mode: str) -> None:
                                  "Mcp-Protocol-Version": "2025-11-25"}, timeout=10)
         assert r.status_code == 200 and "demo__add" in r.text
         assert "mcp-session-id" not in {k.lower() for k in r.headers}
+
+
+async def test_forged_request_state_is_refused(stack: dict[str, Any]) -> None:
+    gw: RunningGateway = stack["gw"]
+    async with Client(gw.mcp, mode="auto") as client:
+        await client.list_tools()
+        for state in ["hub1.eyJpZCI6IngifQ.AAAA", "not-ours", "hub1." + "A" * 40]:
+            with pytest.raises(MCPError, match="request_state is invalid"):
+                await client.session.call_tool("remote__ask_llm", {"prompt": "x"}, request_state=state,
+                                               input_responses={}, allow_input_required=True)
+
+
+def test_relay_state_signing_is_tamper_proof() -> None:
+    from mcp_hub.relay import StateSigner
+
+    signer = StateSigner()
+    token = signer.sign({"id": "abc", "tool": "t", "sub": "alice", "exp": 2**40})
+    assert signer.verify(token) == {"id": "abc", "tool": "t", "sub": "alice", "exp": 2**40}
+    body, mac = token.rsplit(".", 1)
+    assert signer.verify(body + "." + mac[::-1]) is None
+    assert StateSigner().verify(token) is None  # another key
+    assert signer.verify(signer.sign({"id": "abc", "exp": 1})) is None  # expired

@@ -33,6 +33,7 @@ from mcp_hub.auth.identity import Consumer, anonymous
 from mcp_hub.catalog import CatalogView, Source, build_view
 from mcp_hub.config import GatewayConfig, ServerRoute
 from mcp_hub.pipeline import CallOutcome, Pipeline, PolicyPipeline
+from mcp_hub.relay import Relay
 from mcp_hub.upstreams.base import CallContext, DownstreamPeer, Upstream, UpstreamState, UpstreamUnavailable
 from mcp_hub.upstreams.mcp import McpUpstream
 
@@ -64,9 +65,12 @@ class _Peer(DownstreamPeer):
         self._ctx = ctx
 
     def supports(self, method: str) -> bool:
+        return self._ctx.session.can_send_request and self.declares(method)
+
+    def declares(self, method: str) -> bool:
+        """Whether the caller declared the capability `method` needs."""
         spec = _PEER_REQUESTS.get(method)
-        session = self._ctx.session
-        return spec is not None and session.can_send_request and session.check_client_capability(spec[2])
+        return spec is not None and self._ctx.session.check_client_capability(spec[2])
 
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
         spec = _PEER_REQUESTS.get(method)
@@ -165,6 +169,7 @@ class Gateway:
         self._upstream_factory = upstream_factory or build_upstreams
         self.upstreams: dict[str, Upstream] = self._upstream_factory(config)
         self._scopes: dict[str, anyio.CancelScope] = {}
+        self.relay = Relay()
         self._version = 0
         self.routes: dict[str, Route] = {}
         self.collisions: list[str] = []
@@ -599,7 +604,7 @@ class Gateway:
         ctx: ServerRequestContext[Any, Any],
         consumer: Consumer,
         params: types.CallToolRequestParams,
-    ) -> types.CallToolResult:
+    ) -> types.CallToolResult | types.InputRequiredResult:
         """tools/call through ACL, argument check, budgets, the upstream, charging and audit."""
         view = route.view
         name = params.name
@@ -614,36 +619,88 @@ class Gateway:
         if problem is not None:
             self.pipeline.finish_call(call, CallOutcome.INVALID)
             raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid arguments for tool {name}: {problem}")
-        await self.pipeline.admit(call, params.arguments)
         upstream = self.upstreams.get(source.upstream)
-        progress = None
-        token = ctx.meta.get("progress_token") if isinstance(ctx.meta, dict) else getattr(ctx.meta, "progress_token", None)
-        if token is not None:
-            request_id = ctx.request_id
+        wait = getattr(getattr(upstream, "config", None), "call_timeout", 300.0)
+        modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+        if modern and params.request_state:
+            # A 2026-07-28 caller answering the questions of a call it started earlier (already admitted).
+            call.finished = True  # this request's record is not the call's: the pending one is
+            responses = {
+                key: value.model_dump(by_alias=True, mode="json", exclude_none=True)
+                if hasattr(value, "model_dump") else value
+                for key, value in (params.input_responses or {}).items()
+            }
+            result, ask, started = await self._collect(
+                self.relay.resume(params.request_state, name, consumer.name, responses, wait)
+            )
+            return ask if ask is not None else await self._finish_call(started, result)
+        await self.pipeline.admit(call, params.arguments)
+        cctx = CallContext(consumer=consumer, progress=_progress_fn(ctx), peer=_Peer(ctx), log_level=_log_level(ctx))
+        if upstream is None:
+            return await self._finish_call(call, UpstreamUnavailable(f"upstream {source.upstream!r} was removed"))
+        if not modern:
+            try:
+                result = await upstream.call_tool(source.original, params.arguments, cctx)
+            except (UpstreamUnavailable, MCPError) as exc:
+                return await self._finish_call(call, exc)
+            except BaseException:
+                self.pipeline.finish_call(call, CallOutcome.CANCELLED)
+                raise
+            return await self._finish_call(call, result)
 
-            async def progress(value: float, total: float | None, message: str | None) -> None:
-                with contextlib.suppress(Exception):
-                    await ctx.session.send_progress_notification(
-                        token, value, total, message, related_request_id=request_id
-                    )
+        # 2026-07-28 callers take no requests mid-call: run the upstream call in the background and
+        # turn its questions into InputRequiredResult rounds.
+        async def run(peer: DownstreamPeer) -> types.CallToolResult:
+            cctx.peer = peer
+            return await upstream.call_tool(source.original, params.arguments, cctx)
 
-        cctx = CallContext(consumer=consumer, progress=progress, peer=_Peer(ctx), log_level=_log_level(ctx))
+        def spawn(fn: Callable[[], Awaitable[None]]) -> None:
+            assert self._tg is not None
+            self._tg.start_soon(fn)
+
+        capable = _Peer(ctx).declares
+        result, ask, _ = await self._collect(self.relay.start(name, consumer.name, capable, run, spawn, wait, call))
+        return ask if ask is not None else await self._finish_call(call, result)
+
+    @staticmethod
+    async def _collect(step: Awaitable[tuple[Any, Any, Any]]) -> tuple[Any, Any, Any]:
+        """A relay step, with upstream failures turned into values `_finish_call` understands."""
         try:
-            if upstream is None:
-                raise UpstreamUnavailable(f"upstream {source.upstream!r} was removed")
-            result = await upstream.call_tool(source.original, params.arguments, cctx)
-        except UpstreamUnavailable as exc:
-            result = types.CallToolResult(content=[types.TextContent(type="text", text=str(exc))], is_error=True)
-            await self.pipeline.charge(call, result, CallOutcome.UNAVAILABLE)
+            return await step
+        except (UpstreamUnavailable, MCPError) as exc:
+            if isinstance(exc, MCPError) and "request_state" in exc.error.message:
+                raise
+            return exc, None, None
+
+    async def _finish_call(self, call: Any, outcome: Any) -> types.CallToolResult:
+        """Charge and audit a finished call; an unavailable upstream becomes an isError result."""
+        if isinstance(outcome, UpstreamUnavailable):
+            result = types.CallToolResult(content=[types.TextContent(type="text", text=str(outcome))], is_error=True)
+            if call is not None:
+                await self.pipeline.charge(call, result, CallOutcome.UNAVAILABLE)
             return result
-        except MCPError:
-            self.pipeline.finish_call(call, CallOutcome.ERROR)
-            raise
-        except BaseException:
-            self.pipeline.finish_call(call, CallOutcome.CANCELLED)
-            raise
-        await self.pipeline.charge(call, result, CallOutcome.ERROR_RESULT if result.is_error else CallOutcome.OK)
-        return result
+        if isinstance(outcome, MCPError):
+            if call is not None:
+                self.pipeline.finish_call(call, CallOutcome.ERROR, error=outcome.error.message)
+            raise outcome
+        if call is not None:
+            await self.pipeline.charge(call, outcome, CallOutcome.ERROR_RESULT if outcome.is_error else CallOutcome.OK)
+        return outcome
+
+
+def _progress_fn(ctx: ServerRequestContext[Any, Any]) -> Any:
+    """Relays upstream progress to the caller when its request carried a progress token."""
+    meta = ctx.meta if isinstance(ctx.meta, dict) else {}
+    token = meta.get("progress_token", meta.get("progressToken"))
+    if token is None:
+        return None
+    request_id = ctx.request_id
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        with contextlib.suppress(Exception):
+            await ctx.session.send_progress_notification(token, value, total, message, related_request_id=request_id)
+
+    return progress
 
 
 def _route_specs(config: GatewayConfig) -> list[ServerRoute]:
