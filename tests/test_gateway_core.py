@@ -326,7 +326,7 @@ async def test_stdio_downstream(tmp_path: Path, mode: str) -> None:
                                    env=gateway_env(), cwd=str(ROOT))
     async with Client(params, mode=mode) as client:
         with anyio.fail_after(30):
-            while "demo__echo" not in [t.name for t in (await client.list_tools()).tools]:
+            while "demo__echo" not in [t.name for t in (await client.list_tools()).tools]:  # noqa: ASYNC110 - polls the server
                 await anyio.sleep(0.2)
         assert (await client.call_tool("demo__echo", {"text": "over stdio"})).content[0].text == "over stdio"
 
@@ -367,3 +367,30 @@ def test_relay_state_signing_is_tamper_proof() -> None:
     assert signer.verify(body + "." + mac[::-1]) is None
     assert StateSigner().verify(token) is None  # another key
     assert signer.verify(signer.sign({"id": "abc", "exp": 1})) is None  # expired
+
+
+async def test_modern_upstream_change_reaches_modern_and_legacy_clients(stack: dict[str, Any]) -> None:
+    """remote__ speaks 2026-07-28: its change arrives on the gateway's listen stream, and goes out as
+    notifications/tools/list_changed (legacy caller) and on subscriptions/listen (modern caller)."""
+    from mcp.shared.subscriptions import ToolsListChanged
+
+    gw: RunningGateway = stack["gw"]
+    legacy_changed = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            legacy_changed.set()
+
+    async with Client(gw.mcp, mode="legacy", message_handler=on_message) as legacy, \
+            Client(gw.mcp, mode="auto") as modern:
+        await legacy.list_tools()
+        assert modern.protocol_version == "2026-07-28"
+        async with modern.listen(tools_list_changed=True) as events:
+            await modern.call_tool("remote__add_tool", {"name": "via_listen"})
+            with anyio.fail_after(15):
+                event = await events.__anext__()
+            assert isinstance(event, ToolsListChanged)
+            with anyio.fail_after(15):
+                await legacy_changed.wait()
+        assert "remote__via_listen" in [t.name for t in (await modern.list_tools()).tools]
+        assert (await legacy.call_tool("remote__via_listen", {})).content[0].text == "via_listen called"

@@ -23,8 +23,15 @@ from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ToolsListChanged,
+)
 from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -147,6 +154,9 @@ class Route:
     view: CatalogView
     server: Server[Any] | None = None
     connections: weakref.WeakKeyDictionary[Connection, Consumer] = field(default_factory=weakref.WeakKeyDictionary)
+    # 2026-07-28 callers hear of changes on subscriptions/listen streams: one bus per group set.
+    listeners: dict[tuple[str, ...], tuple[InMemorySubscriptionBus, ListenHandler, Consumer]] = field(
+        default_factory=dict)
     subscriptions: dict[str, weakref.WeakSet[Connection]] = field(default_factory=dict)
 
 
@@ -353,6 +363,19 @@ class Gateway:
             for method, visible in changes:
                 if visible(old, consumer) != visible(new, consumer):
                     self._send_notification(connection, method, None)
+        events = {
+            "notifications/tools/list_changed": ToolsListChanged(),
+            "notifications/prompts/list_changed": PromptsListChanged(),
+            "notifications/resources/list_changed": ResourcesListChanged(),
+        }
+        for bus, _, consumer in list(route.listeners.values()):
+            for method, visible in changes:
+                if visible(old, consumer) != visible(new, consumer):
+                    self._publish(bus, events[method])
+
+    def _publish(self, bus: InMemorySubscriptionBus, event: Any) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(bus.publish, event)
 
     def _send_notification(self, connection: Connection, method: str, params: dict[str, Any] | None) -> None:
         if self._tg is None or not connection.has_standalone_channel:
@@ -374,6 +397,8 @@ class Gateway:
                             self._send_notification(
                                 connection, "notifications/resources/updated", {"uri": exposed}
                             )
+                        for bus, _, _ in list(route.listeners.values()):
+                            self._publish(bus, ResourceUpdated(uri=exposed))
 
     # -- what a consumer sees --------------------------------------------------------------------
 
@@ -519,6 +544,16 @@ class Gateway:
                 lambda up, cctx: up.complete(forwarded, cctx), ctx,
             )
 
+        async def listen(
+            ctx: ServerRequestContext[Any, Any], params: types.SubscriptionsListenRequestParams
+        ) -> types.SubscriptionsListenResult:
+            consumer = track(ctx)
+            key = consumer.group_key
+            if key not in route.listeners:
+                bus = InMemorySubscriptionBus()
+                route.listeners[key] = (bus, ListenHandler(bus), consumer)
+            return await route.listeners[key][1](ctx, params)
+
         async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
             connection = _connection(ctx)
             if connection is not None:
@@ -541,6 +576,7 @@ class Gateway:
             on_subscribe_resource=subscribe,
             on_unsubscribe_resource=unsubscribe,
             on_completion=complete,
+            on_subscriptions_listen=listen,
         )
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
         # The SDK's default OpenTelemetry middleware costs ~10% of a relayed call even with no exporter.

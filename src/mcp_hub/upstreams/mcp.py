@@ -26,8 +26,15 @@ from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import listen
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+from mcp.shared.subscriptions import (
+    PromptsListChanged,
+    ResourcesListChanged,
+    ResourceUpdated,
+    ToolsListChanged,
+)
 from mcp_types import CONNECTION_CLOSED, LOG_LEVEL_META_KEY
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -208,7 +215,7 @@ class McpUpstream(Upstream):
                     if not started:
                         started = True
                         task_status.started()
-                    reason = await self._watch(session)
+                    reason = await self._watch_and_listen(session)
                     logger.warning("upstream %s: connection lost (%s); reconnecting", self.name, reason)
                     self._set_state(UpstreamState.DOWN, f"connection lost: {reason}")
             except Exception as exc:  # noqa: BLE001 - any failure to connect means down-and-retry
@@ -220,6 +227,51 @@ class McpUpstream(Upstream):
                 task_status.started()
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, self.config.reconnect_max_backoff)
+
+    async def _watch_and_listen(self, session: ClientSession) -> str:
+        """`_watch`, plus a subscriptions/listen stream on a 2026-07-28 upstream (its only way to say
+        that its catalog changed)."""
+        if session.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            return await self._watch(session)
+        reason = "connection lost"
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                nonlocal reason
+                reason = await self._watch(session)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            tg.start_soon(self._listen, session)
+        return reason
+
+    async def _listen(self, session: ClientSession) -> None:
+        caps = session.server_capabilities or types.ServerCapabilities()
+        try:
+            async with listen(
+                session,
+                tools_list_changed=bool(caps.tools and caps.tools.list_changed),
+                prompts_list_changed=bool(caps.prompts and caps.prompts.list_changed),
+                resources_list_changed=bool(caps.resources and caps.resources.list_changed),
+            ) as subscription:
+                async for event in subscription:
+                    if isinstance(event, ToolsListChanged | PromptsListChanged | ResourcesListChanged):
+                        await self._refresh(session)
+                    elif isinstance(event, ResourceUpdated):
+                        notification = types.ResourceUpdatedNotification(
+                            params=types.ResourceUpdatedNotificationParams(uri=event.uri)
+                        )
+                        for listener in self._notification_listeners:
+                            with contextlib.suppress(Exception):
+                                await listener(self, notification)
+        except Exception as exc:  # noqa: BLE001 - no listen stream: the catalog just stays as listed
+            logger.info("upstream %s: no change notifications (%s)", self.name, _describe(exc))
+
+    async def _refresh(self, session: ClientSession) -> None:
+        try:
+            self._set_catalog(await self._list_catalog(session))
+        except Exception as exc:  # noqa: BLE001 - a failed refresh keeps the old catalog
+            logger.warning("upstream %s: catalog refresh failed: %s", self.name, _describe(exc))
 
     async def _watch(self, session: ClientSession) -> str:
         """Return when the connection is gone: EOF, or a ping that fails or hangs."""
@@ -437,10 +489,7 @@ class McpUpstream(Upstream):
                       | types.ResourceListChangedNotification):
             session = self._session
             if session is not None:
-                try:
-                    self._set_catalog(await self._list_catalog(session))
-                except Exception as exc:  # noqa: BLE001 - a failed refresh keeps the old catalog
-                    logger.warning("upstream %s: catalog refresh failed: %s", self.name, _describe(exc))
+                await self._refresh(session)
         for listener in self._notification_listeners:
             with contextlib.suppress(Exception):
                 await listener(self, message)
