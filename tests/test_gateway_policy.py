@@ -261,3 +261,84 @@ def test_oauth_gateway_with_real_idp(idp: Idp, tmp_path: Path) -> None:  # noqa:
         assert claude_mcp_list(gw.mcp) == "Needs authentication"
         assert claude_mcp_list(gw.mcp, {"Authorization": f"Bearer {token}"}) == "Connected"
         assert token not in gw.log_text()
+
+
+def test_token_exchange_gives_the_upstream_its_own_token(idp: Idp, tmp_path: Path) -> None:  # noqa: F811
+    """Caller-owned credentials: the upstream sees an exchanged token for its own audience (one session
+    per consumer), never the token the caller presented to the gateway."""
+    import sys
+
+    from tests.support.processes import running, wait_for_port
+    from tests.support.tools import ROOT, free_port
+
+    up_port, gw_port = free_port(), free_port()
+    upstream_url = f"http://127.0.0.1:{up_port}/mcp"
+    resource = f"http://127.0.0.1:{gw_port}/mcp"
+    cfg = {
+        "auth": {"mode": "oauth", "resource": resource, "authorization_servers": [idp.issuer]},
+        "upstreams": {"gh": {
+            "transport": "streamable-http", "url": upstream_url,
+            "credentials": {"mode": "exchange", "client_id": "mcp-gateway", "client_secret": "${GW_SECRET}",
+                            "audience": upstream_url},
+        }},
+    }
+    args = [sys.executable, "-m", "tests.servers.github_like", "--transport", "streamable-http", "--port", str(up_port)]
+    with running(args, cwd=ROOT, log=tmp_path / "gh.log") as proc:
+        wait_for_port(up_port, proc=proc)
+        with run_gateway(cfg, tmp_path, port=gw_port, env={"GW_SECRET": idp.gateway_secret}) as gw:
+            token = idp.client_credentials(resource=resource)["access_token"]
+
+            async def whoami() -> tuple[list[str], dict[str, Any]]:
+                async with _client(gw.mcp, token) as client:
+                    names = [t.name for t in (await client.list_tools()).tools]
+                    result = await client.call_tool("gh__whoami", {})
+                    return names, json.loads(result.content[0].text)
+
+            names, seen = anyio.run(whoami)
+            assert "gh__search_repositories" in names
+            received = seen["authorization"].removeprefix("Bearer ")
+            assert received != token
+            claims = _jwt_claims(received)
+            assert claims["aud"] == upstream_url
+            assert claims["sub"] == _jwt_claims(token)["sub"]
+            assert gw.health()["upstreams"]["gh"]["sessions"] == 1
+            assert token not in gw.log_text() and received not in gw.log_text()
+
+
+def _jwt_claims(token: str) -> dict[str, Any]:
+    import base64
+
+    body = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+
+
+async def test_passthrough_forwards_the_callers_upstream_token_only(tmp_path: Path) -> None:
+    """The GitHub-remote pattern: API key identifies the consumer, the caller's own upstream token passes
+    through on a per-consumer session, and the gateway credential is never forwarded."""
+    import sys
+
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tests.support.processes import running, wait_for_port
+    from tests.support.tools import ROOT, free_port
+
+    up_port = free_port()
+    cfg = _config()
+    cfg["upstreams"] = {"gh": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp",
+                               "credentials": {"mode": "passthrough", "source_header": "X-Upstream-Token"}}}
+    cfg["groups"]["developer"]["tools"] = {"allow": ["gh__*"]}
+    args = [sys.executable, "-m", "tests.servers.github_like", "--transport", "streamable-http", "--port", str(up_port)]
+    with running(args, cwd=ROOT, log=tmp_path / "gh.log") as proc:
+        wait_for_port(up_port, proc=proc)
+        with run_gateway(cfg, tmp_path) as gw:
+            seen: dict[str, str] = {}
+            for who, key in (("alice", DEV_KEY), ("root", ADMIN_KEY)):
+                http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}",
+                                                   "X-Upstream-Token": f"ghp_{who}_token"}, timeout=30)
+                async with Client(streamable_http_client(gw.mcp, http_client=http), mode="legacy") as client:
+                    assert "gh__whoami" in [t.name for t in (await client.list_tools()).tools]
+                    result = await client.call_tool("gh__whoami", {})
+                    seen[who] = json.loads(result.content[0].text)["authorization"]
+            assert seen == {"alice": "Bearer ghp_alice_token", "root": "Bearer ghp_root_token"}
+            assert gw.health()["upstreams"]["gh"]["sessions"] == 2
+            assert DEV_KEY not in gw.log_text() and "ghp_alice_token" not in gw.log_text()

@@ -433,6 +433,7 @@ class Gateway:
 
         async def list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
             consumer = track(ctx)
+            await gw._prepare(route, ctx, consumer)
             return types.ListToolsResult(tools=gw.visible_tools(route.view, consumer))
 
         async def call_tool(
@@ -442,7 +443,9 @@ class Gateway:
             return await gw.call_tool(route, ctx, consumer, params)
 
         async def list_prompts(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListPromptsResult:
-            return types.ListPromptsResult(prompts=gw.visible_prompts(route.view, track(ctx)))
+            consumer = track(ctx)
+            await gw._prepare(route, ctx, consumer)
+            return types.ListPromptsResult(prompts=gw.visible_prompts(route.view, consumer))
 
         async def get_prompt(
             ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
@@ -460,7 +463,9 @@ class Gateway:
             )
 
         async def list_resources(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListResourcesResult:
-            return types.ListResourcesResult(resources=gw.visible_resources(route.view, track(ctx)))
+            consumer = track(ctx)
+            await gw._prepare(route, ctx, consumer)
+            return types.ListResourcesResult(resources=gw.visible_resources(route.view, consumer))
 
         async def list_templates(
             ctx: ServerRequestContext[Any, Any], params: Any
@@ -583,6 +588,18 @@ class Gateway:
         server.middleware = []
         return server
 
+    async def _prepare(self, route: Route, ctx: ServerRequestContext[Any, Any], consumer: Consumer) -> None:
+        """Let per-consumer upstreams open this caller's session, so the listing knows their items."""
+        needy = [self.upstreams[n] for n in route.upstreams if getattr(self.upstreams.get(n), "per_consumer", False)]
+        if not needy:
+            return
+        cctx = _call_context(ctx, consumer)
+        async with anyio.create_task_group() as tg:
+            for upstream in needy:
+                tg.start_soon(upstream.prepare, cctx)
+        if self._refresh_pending:
+            self.rebuild()
+
     async def _forward(
         self,
         consumer: Consumer,
@@ -598,7 +615,7 @@ class Gateway:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await send(upstream, CallContext(consumer=consumer, peer=_Peer(ctx)))
+            return await send(upstream, _call_context(ctx, consumer))
         except UpstreamUnavailable as exc:
             outcome = "unavailable"
             raise MCPError(code=types.INTERNAL_ERROR, message=str(exc)) from None
@@ -671,7 +688,7 @@ class Gateway:
             )
             return ask if ask is not None else await self._finish_call(started, result)
         await self.pipeline.admit(call, params.arguments)
-        cctx = CallContext(consumer=consumer, progress=_progress_fn(ctx), peer=_Peer(ctx), log_level=_log_level(ctx))
+        cctx = _call_context(ctx, consumer, progress=_progress_fn(ctx), log_level=_log_level(ctx))
         if upstream is None:
             return await self._finish_call(call, UpstreamUnavailable(f"upstream {source.upstream!r} was removed"))
         if not modern:
@@ -722,6 +739,16 @@ class Gateway:
         if call is not None:
             await self.pipeline.charge(call, outcome, CallOutcome.ERROR_RESULT if outcome.is_error else CallOutcome.OK)
         return outcome
+
+
+def _call_context(ctx: ServerRequestContext[Any, Any], consumer: Consumer, **extra: Any) -> CallContext:
+    """What an upstream may use from this request: the caller, its token and headers, its peer."""
+    scope = getattr(ctx.request, "scope", None) or {}
+    headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())} if scope else None
+    return CallContext(
+        consumer=consumer, peer=_Peer(ctx), access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY), request_headers=headers,
+        **extra,
+    )
 
 
 def _progress_fn(ctx: ServerRequestContext[Any, Any]) -> Any:

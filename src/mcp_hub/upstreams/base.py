@@ -69,6 +69,9 @@ class CallContext:
     timeout: float | None = None
     # The log level the caller opted in to (None: no log messages wanted).
     log_level: str | None = None
+    # The caller's verified token and request headers, for credentials that belong to the caller.
+    access_token: Any = None
+    request_headers: dict[str, str] | None = None
 
 
 class Upstream(ABC):
@@ -125,6 +128,10 @@ class Upstream(ABC):
         self, name: str, arguments: dict[str, str] | None, ctx: CallContext
     ) -> types.GetPromptResult:
         raise UpstreamUnavailable(f"upstream {self.name!r} serves no prompts")
+
+    async def prepare(self, ctx: CallContext) -> None:
+        """Called before a listing for this caller (per-consumer upstreams open its session)."""
+        return None
 
     async def complete(self, params: types.CompleteRequestParams, ctx: CallContext) -> types.CompleteResult:
         return types.CompleteResult(completion=types.Completion(values=[]))
