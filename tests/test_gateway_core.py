@@ -394,3 +394,25 @@ async def test_modern_upstream_change_reaches_modern_and_legacy_clients(stack: d
                 await legacy_changed.wait()
         assert "remote__via_listen" in [t.name for t in (await modern.list_tools()).tools]
         assert (await legacy.call_tool("remote__via_listen", {})).content[0].text == "via_listen called"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_cancellation_reaches_the_upstream(tmp_path: Path, mode: str) -> None:
+    marker = tmp_path / "marker"
+    config = {"upstreams": {"probe": python_server("tests.servers.cancel_probe", str(marker))}}
+    with run_gateway(config, tmp_path, wait_healthy=True) as gw:
+        async with Client(gw.mcp, mode=mode) as client:
+            await client.list_tools()
+            with anyio.move_on_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(client.call_tool, "probe__wait", {"seconds": 30})
+                    with anyio.fail_after(10):
+                        while not marker.exists():  # noqa: ASYNC110 - polls a file another process writes
+                            await anyio.sleep(0.05)
+                    tg.cancel_scope.cancel()
+            with anyio.fail_after(10):  # async wait: the client must keep running to send its cancel
+                while marker.read_text() != "cancelled":  # noqa: ASYNC110 - polls a file another process writes
+                    await anyio.sleep(0.05)
+            # the session and the upstream keep working
+            r = await client.call_tool("probe__wait", {"seconds": 0})
+            assert r.content[0].text == "done"

@@ -90,6 +90,7 @@ class PendingCall:
         self.done = False
         self.deadline = time.monotonic()
         self.context: Any = None  # what the gateway needs to finish the call (its policy record)
+        self.scope = anyio.CancelScope()  # the background upstream call
 
     # The upstream side: asks a question and waits for the caller's answer.
     def peer(self) -> DownstreamPeer:
@@ -193,10 +194,11 @@ class Relay:
         pending.context = context
 
         async def background() -> None:
-            try:
-                pending.finish(result=await run(pending.peer()))
-            except Exception as exc:  # noqa: BLE001 - handed to whichever request collects the result
-                pending.finish(failure=exc)
+            with pending.scope:
+                try:
+                    pending.finish(result=await run(pending.peer()))
+                except Exception as exc:  # noqa: BLE001 - handed to whichever request collects the result
+                    pending.finish(failure=exc)
 
         self.pending[pending.id] = pending
         spawn(background)
@@ -220,7 +222,13 @@ class Relay:
         except TimeoutError:
             self.pending.pop(pending.id, None)
             pending.abandon("the call timed out")
+            pending.scope.cancel()
             raise MCPError(code=types.INTERNAL_ERROR, message=f"tool {pending.tool} timed out") from None
+        except BaseException:
+            # The caller cancelled (or went away) while waiting: the upstream call goes too.
+            self.pending.pop(pending.id, None)
+            pending.scope.cancel()
+            raise
         if asks is None:
             self.pending.pop(pending.id, None)
             if pending.failure is not None:
