@@ -416,3 +416,26 @@ async def test_cancellation_reaches_the_upstream(tmp_path: Path, mode: str) -> N
             # the session and the upstream keep working
             r = await client.call_tool("probe__wait", {"seconds": 0})
             assert r.content[0].text == "done"
+
+
+def test_collision_at_start_names_both_sources(tmp_path: Path) -> None:
+    import subprocess
+
+    import yaml
+
+    from tests.support.gateway import gateway_env
+
+    demo = python_server("tests.servers.demo_server", "--transport", "stdio")
+    config = {"upstreams": {"a": {**demo, "prefix": ""}, "b": {**demo, "prefix": ""}}}
+    path = tmp_path / "clash.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = subprocess.run([sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(path), "--port", str(free_port())],
+                         capture_output=True, text=True, timeout=60, env=gateway_env(), cwd=ROOT)
+    assert out.returncode != 0
+    assert "tool 'echo' is offered by a:echo and b:echo" in out.stderr
+    # with on_collision: warn it starts, the first upstream keeps the name, and /healthz reports it
+    config["listen"] = {"on_collision": "warn"}
+    with run_gateway(config, tmp_path, wait_healthy=True) as gw:
+        assert any("tool 'echo' is offered by a:echo and b:echo" in c for c in gw.health()["collisions"])
+        names = anyio.run(_tools, gw.mcp)
+        assert names.count("echo") == 1

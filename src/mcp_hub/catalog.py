@@ -63,7 +63,10 @@ class CatalogView:
     prompts: dict[str, tuple[types.Prompt, Source]] = field(default_factory=dict)
     resources: dict[str, tuple[types.Resource, Source]] = field(default_factory=dict)
     templates: list[tuple[types.ResourceTemplate, UriTemplate | None, str]] = field(default_factory=list)
+    # Tool and prompt names offered by two upstreams: the first keeps the name (config order).
     collisions: list[str] = field(default_factory=list)
+    # Resource URIs offered by several upstreams, exposed under mcphub:// URIs instead.
+    shared_uris: list[str] = field(default_factory=list)
     tool_list: list[types.Tool] = field(default_factory=list)
     prompt_list: list[types.Prompt] = field(default_factory=list)
     resource_list: list[types.Resource] = field(default_factory=list)
@@ -149,7 +152,7 @@ def build_view(
             resource, upstream = served[0]
             view.resources[uri] = (resource, Source(upstream, uri))
             continue
-        view.collisions.append(
+        view.shared_uris.append(
             f"resource {uri!r} is offered by {', '.join(u for _, u in served)}; exposed as {HUB_URI_SCHEME}:// URIs"
         )
         for resource, upstream in served:

@@ -103,6 +103,11 @@ class ListenConfig(_Model):
         default=None, description="Host headers accepted (DNS-rebinding protection); loopback by default."
     )
     allowed_origins: list[str] | None = None
+    on_collision: Literal["error", "warn"] = Field(
+        default="error",
+        description="Two upstreams offering one exposed name at start: refuse to start, or warn and keep "
+        "the first (config order). At run time a new collision is always a warning.",
+    )
 
 
 class GatewayConfig(_Model):

@@ -128,6 +128,17 @@ def _log_level(ctx: ServerRequestContext[Any, Any]) -> str | None:
     return connection.state.get(_LOG_LEVEL_STATE, "debug") if connection is not None else "debug"
 
 
+class CollisionError(Exception):
+    """Two upstreams offer the same exposed name at start: the config must say which gets which name."""
+
+    def __init__(self, collisions: list[str]) -> None:
+        self.collisions = collisions
+        super().__init__(
+            "name collisions (give one of the upstreams another prefix, or set listen.on_collision: warn):\n  "
+            + "\n  ".join(collisions)
+        )
+
+
 class _HubServer(Server[Any]):
     """An SDK server that advertises list_changed for everything (the catalog is dynamic)."""
 
@@ -210,6 +221,8 @@ class Gateway:
                 for upstream in self.upstreams.values():
                     starting.start_soon(self._start_upstream, upstream)
             self.rebuild(notify=False)
+            if self.collisions and self.config.listen.on_collision == "error":
+                raise CollisionError(self.collisions)
             task_status.started()
             await anyio.sleep_forever()
 

@@ -15,16 +15,20 @@ marker = Path(sys.argv[1])
 server = MCPServer("cancel-probe")
 
 
+def _mark(state: str) -> None:
+    marker.write_text(state)  # a few bytes: not worth a thread
+
+
 @server.tool()
 async def wait(seconds: float) -> str:
     """Sleep; write 'cancelled' to the marker file if the call is cancelled, 'finished' otherwise."""
-    marker.write_text("started")
+    _mark("started")
     try:
         await anyio.sleep(seconds)
     except anyio.get_cancelled_exc_class():
-        marker.write_text("cancelled")
+        _mark("cancelled")
         raise
-    marker.write_text("finished")
+    _mark("finished")
     return "done"
 
 
