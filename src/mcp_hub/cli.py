@@ -1,19 +1,35 @@
-"""The `mcp-hub` command: serve, check, tools, keys, openapi."""
+"""The `mcp-hub` command: serve, check, tools, explain, keys, openapi, reload, status.
+
+`tools` and `explain` work offline from a config (the upstreams are started in-process) or against a
+running gateway through its admin API (`--url`, with `--admin-key` or MCP_HUB_ADMIN_KEY). Exit codes:
+0 success, 1 a failed operation (or `explain`: not allowed), 2 a config error, 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import shutil
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, TextIO, TypeVar
 
 import anyio
 
 from mcp_hub import __version__
 from mcp_hub.config import ConfigError, GatewayConfig, load_config, parse_config
+
+T = TypeVar("T")
+ADMIN_KEY_ENV = "MCP_HUB_ADMIN_KEY"
+
+
+class CliError(Exception):
+    """A command that failed for a reason worth one line on stderr (exit code 1)."""
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -33,18 +49,78 @@ def _configure_logging(verbose: bool) -> None:
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr)
 
 
+# --- progress on stderr --------------------------------------------------------------------------
+
+
+class Progress:
+    """A spinner with elapsed seconds on stderr while slow work runs; only the final line when stderr
+    is not a terminal (logs and CI output stay clean)."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, label: str, stream: TextIO | None = None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.final: str | None = None
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._tty = self.stream.isatty()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+    def __enter__(self) -> Progress:
+        self._started = time.monotonic()
+        if self._tty:
+            # A thread, so the spinner turns while the event loop or a worker thread is busy.
+            self._thread = threading.Thread(target=self._spin, daemon=True)
+            self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        frame = 0
+        while not self._stop.wait(0.1):
+            self.stream.write(f"\r{self.FRAMES[frame % 4]} {self.label} ({self.elapsed:.1f}s)\x1b[K")
+            self.stream.flush()
+            frame += 1
+
+    def done(self, final: str) -> None:
+        """The line printed when the work ends (elapsed seconds are appended)."""
+        self.final = final
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self.stream.write("\r\x1b[K")
+        outcome = self.final or (f"{self.label}: failed" if kind else f"{self.label}: done")
+        self.stream.write(f"{outcome} ({self.elapsed:.1f}s)\n")
+        self.stream.flush()
+
+
+# --- serve and check -----------------------------------------------------------------------------
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    overrides: dict[str, Any] = {}
     if args.host:
-        config.listen.host = args.host
+        overrides["host"] = args.host
     if args.port is not None:
-        config.listen.port = args.port
+        overrides["port"] = args.port
     if args.stateless:
-        config.listen.stateless = True
+        overrides["stateless"] = True
+    for key, value in overrides.items():
+        setattr(config.listen, key, value)
     _configure_logging(args.verbose)
-    from mcp_hub.runtime import build_gateway
+    from mcp_hub.runtime import build_gateway, load_registry
 
-    gateway = build_gateway(config, config_path=args.config, check_listen=not args.stdio)
+    # Runtime OpenAPI registrations are read before serving, so they survive restarts.
+    registry = anyio.run(load_registry, config, args.config)
+    gateway = build_gateway(config, config_path=args.config, check_listen=not args.stdio, registry=registry)
+    gateway.listen_overrides = overrides  # a reload keeps the command line's host, port and mode
     if args.stdio:
         anyio.run(_serve_stdio, gateway)
         return 0
@@ -80,6 +156,406 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- a gateway in this process, or a running one through its admin API ---------------------------
+
+
+def run_offline(config_path: str | None, compute: Callable[[Any], T]) -> T:
+    """Start the config's upstreams in this process, wait for their first connection, and compute."""
+    config = _load(config_path)
+    return anyio.run(_offline, config, config_path, compute)
+
+
+async def _offline(config: GatewayConfig, config_path: str | None, compute: Callable[[Any], T]) -> T:
+    from mcp_hub.runtime import build_gateway, load_registry
+
+    registry = await load_registry(config, config_path)
+    gateway = build_gateway(config, config_path=config_path, registry=registry)
+    count = len(gateway.upstreams)
+    try:
+        with Progress(f"connecting to {count} upstream(s)") as progress:
+            async with anyio.create_task_group() as tg:
+                await tg.start(gateway.run)
+                states = {name: up.state.value for name, up in gateway.upstreams.items()}
+                up = sum(1 for s in states.values() if s == "up")
+                down = sorted(n for n, s in states.items() if s != "up")
+                progress.done(f"connected to {up} of {count} upstream(s)" + (f"; not up: {', '.join(down)}" if down else ""))
+                for name in down:
+                    error = gateway.upstreams[name].last_error
+                    print(f"warning: upstream {name} is {states[name]}" + (f": {error}" if error else ""), file=sys.stderr)
+                result = compute(gateway)
+                tg.cancel_scope.cancel()
+    finally:
+        if gateway.auth is not None:
+            await gateway.auth.aclose()
+    return result
+
+
+class AdminClient:
+    """Calls a running gateway's admin API with an admin credential (never printed)."""
+
+    def __init__(self, url: str, key: str | None, path: str = "/admin", timeout: float = 120.0) -> None:
+        if not key:
+            raise CliError(f"the admin API needs a credential: pass --admin-key or set {ADMIN_KEY_ENV}")
+        base = url.rstrip("/")
+        base = base.removesuffix("/mcp")  # people paste the MCP URL; the admin API sits beside it
+        self.base = base + "/" + path.strip("/")
+        self._headers = {"Authorization": f"Bearer {key}", "Accept": "application/json"}
+        self.timeout = timeout
+
+    def request(self, method: str, endpoint: str, *, params: Any = None, body: Any = None) -> Any:
+        """One admin call; errors become `CliError` with the API's own message."""
+        import httpx2
+
+        url = f"{self.base}/{endpoint.lstrip('/')}"
+        try:
+            response = httpx2.request(method, url, params=params, json=body, headers=self._headers,
+                                      timeout=self.timeout)
+        except httpx2.HTTPError as exc:
+            raise CliError(f"cannot reach the admin API at {self.base}: {type(exc).__name__}: {exc}") from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if response.status_code >= 400:
+            if response.status_code == 404 and not isinstance(data, dict):
+                raise CliError(f"{self.base}: not found (is the admin API enabled? set admin.keys in the config)")
+            message = data.get("message") or data.get("error_description") if isinstance(data, dict) else None
+            problems = data.get("problems") if isinstance(data, dict) else None
+            text = f"admin API answered {response.status_code}: {message or response.reason_phrase}"
+            if problems:
+                text += "\n  " + "\n  ".join(problems)
+            raise CliError(text)
+        return data
+
+
+def _admin(args: argparse.Namespace) -> AdminClient:
+    return AdminClient(args.url, args.admin_key or os.environ.get(ADMIN_KEY_ENV), args.admin_path)
+
+
+def _groups(args: argparse.Namespace) -> list[str]:
+    from mcp_hub.admin import split_groups
+
+    return split_groups(*(args.group or []), args.groups)
+
+
+def _consumer_params(args: argparse.Namespace) -> dict[str, str]:
+    params: dict[str, str] = {}
+    groups = _groups(args)
+    if groups:
+        params["groups"] = ",".join(groups)
+    if args.consumer:
+        params["consumer"] = args.consumer
+    return params
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    """Columns padded to their widest cell; the last column is cut to the terminal width."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    total = shutil.get_terminal_size((120, 24)).columns
+    room = max(20, total - sum(widths[:-1]) - 2 * (len(headers) - 1))
+    for row in [list(headers), *[list(r) for r in rows]]:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])]
+        last = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
+        print("  ".join([*cells, last]).rstrip(), file=out)
+
+
+def _who(consumer: dict[str, Any]) -> str:
+    groups = ", ".join(consumer["groups"]) or "none"
+    return f"consumer {consumer['name']}, groups {groups}"
+
+
+def print_catalog(catalog: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    """A catalog (as `admin.catalog_for` builds it) as tables, one section per route."""
+    for path, route in catalog["routes"].items():
+        totals = route["totals"]
+        print(f"{path} ({_who(catalog['consumer'])}): {len(route['tools'])} of {totals['tools']} tools, "
+              f"{len(route['prompts'])} of {totals['prompts']} prompts, "
+              f"{len(route['resources'])} of {totals['resources']} resources", file=out)
+        if route["tools"]:
+            _table(["TOOL", "UPSTREAM", "DESCRIPTION"],
+                   [[t["name"], t["upstream"], t["description"]] for t in route["tools"]], out)
+        if route["prompts"]:
+            print(file=out)
+            _table(["PROMPT", "UPSTREAM", "DESCRIPTION"],
+                   [[p["name"], p["upstream"], p["description"]] for p in route["prompts"]], out)
+        if route["resources"]:
+            print(file=out)
+            _table(["RESOURCE", "UPSTREAM", "NAME"], [[r["uri"], r["upstream"], r["name"]] for r in route["resources"]], out)
+        print(file=out)
+    down = {n: s for n, s in catalog.get("upstreams", {}).items() if s != "up"}
+    if down:
+        print("not up (their items are missing above): " + ", ".join(f"{n} ({s})" for n, s in down.items()), file=out)
+
+
+def print_explanation(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    """An explain answer in words."""
+    verdict = "allowed" if result["allowed"] else "denied"
+    where = f" (upstream {result['upstream']})" if result.get("upstream") else ""
+    print(f"{result['kind']} {result['name']} on {result['route']}{where} for {_who(result['consumer'])}: {verdict}",
+          file=out)
+    print(f"  reason: {result['reason']}", file=out)
+    if result.get("rule"):
+        print(f"  rule:   {result['rule']}", file=out)
+    for limit in result.get("limits") or []:
+        print(f"  limit:  {limit}", file=out)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# --- tools and explain ---------------------------------------------------------------------------
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    route = None if args.route == "all" else args.route
+    if args.url:
+        params = {**_consumer_params(args), **({"route": route} if route else {})}
+        catalog = _admin(args).request("GET", "catalog", params=params)
+    else:
+        from mcp_hub.admin import catalog_for, consumer_for
+
+        def compute(gateway: Any) -> dict[str, Any]:
+            return catalog_for(gateway, consumer_for(gateway, args.consumer, _groups(args)), route)
+
+        catalog = _offline_admin(args.config, compute)
+    if args.json:
+        _print_json(catalog)
+    else:
+        print_catalog(catalog)
+    return 0
+
+
+def _offline_admin(config_path: str | None, compute: Callable[[Any], T]) -> T:
+    from mcp_hub.admin import AdminError
+
+    try:
+        return run_offline(config_path, compute)
+    except AdminError as exc:
+        raise CliError(exc.message) from None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    kind = "prompt" if args.prompt else "resource" if args.resource else "tool"
+    if args.url:
+        params = {kind: args.name, **_consumer_params(args), **({"route": args.route} if args.route else {})}
+        result = _admin(args).request("GET", "explain", params=params)
+    else:
+        from mcp_hub.admin import consumer_for, explain_for
+
+        def compute(gateway: Any) -> dict[str, Any]:
+            return explain_for(gateway, consumer_for(gateway, args.consumer, _groups(args)), kind, args.name, args.route)
+
+        result = _offline_admin(args.config, compute)
+    if args.json:
+        _print_json(result)
+    else:
+        print_explanation(result)
+    return 0 if result["allowed"] else 1
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+def cmd_keys_new(args: argparse.Namespace) -> int:
+    from mcp_hub.auth.keys import new_api_key
+
+    key, digest = new_api_key()
+    groups = [g.strip() for g in (args.groups or "").split(",") if g.strip()]
+    if args.json:
+        _print_json({"key": key, "sha256": digest})
+        return 0
+    print("API key (give it to its user now; it is not stored anywhere):")
+    print(f"  {key}")
+    print("SHA-256 (the only thing the config keeps):")
+    print(f"  {digest}")
+    print()
+    if args.admin:
+        print("For the admin API, add to the config:")
+        print("admin:")
+        print("  keys:")
+        print(f"    - name: {args.admin}")
+        print(f"      sha256: {digest}")
+    else:
+        print("Add to the config:")
+        print("auth:")
+        print("  mode: api_key")
+        print("  api_keys:")
+        print(f"    - consumer: {args.consumer or 'CHANGE-ME'}")
+        print(f"      groups: [{', '.join(groups)}]")
+        print(f"      sha256: {digest}")
+    return 0
+
+
+# --- openapi -------------------------------------------------------------------------------------
+
+
+def cmd_openapi_inspect(args: argparse.Namespace) -> int:
+    from mcp_hub.upstreams.openapi import DocumentError, OpenAPIUpstreamConfig, convert_source
+
+    selection: dict[str, dict[str, list[str]]] = {}
+    for side in ("include", "exclude"):
+        for part in ("operations", "tags", "paths"):
+            values = getattr(args, f"{side}_{part}") or []
+            if values:
+                selection.setdefault(side, {})[part] = values
+    config = OpenAPIUpstreamConfig.model_validate({"spec": args.spec, **selection})
+    try:
+        with Progress(f"converting {args.spec}") as progress:
+            converted = convert_source(args.spec, config=config)
+            progress.done(f"{args.spec}: {len(converted.tools)} tools, {len(converted.skipped)} skipped")
+    except (DocumentError, OSError) as exc:
+        raise CliError(f"cannot use {args.spec}: {exc}") from None
+    tools = []
+    for tool in converted.tools:
+        binding = converted.bindings.get(tool.name)
+        tools.append({
+            "name": tool.name,
+            "method": binding.method.upper() if binding else "",
+            "path": binding.path if binding else "",
+            "description": (tool.description or "").strip().splitlines()[0] if (tool.description or "").strip() else "",
+        })
+    skipped = [{"method": s.method, "path": s.path, "operation_id": s.operation_id, "reason": s.reason}
+               for s in converted.skipped]
+    report = {"title": converted.title, "openapi_version": converted.openapi_version,
+              "operations": converted.operations, "servers": converted.servers, "tools": tools, "skipped": skipped}
+    if args.json:
+        _print_json(report)
+        return 0
+    title = f"{converted.title} " if converted.title else ""
+    print(f"{title}(OpenAPI {converted.openapi_version}): {converted.operations} operations, "
+          f"{len(tools)} tools, {len(skipped)} skipped")
+    print(f"base URL: {converted.servers[0] if converted.servers else 'none in the document (set base_url)'}")
+    if tools:
+        print()
+        _table(["TOOL", "METHOD", "PATH", "DESCRIPTION"],
+               [[t["name"], t["method"], t["path"], t["description"]] for t in tools], sys.stdout)
+    if skipped:
+        print()
+        print("skipped operations:")
+        for s in skipped:
+            op = f" ({s['operation_id']})" if s["operation_id"] else ""
+            print(f"  {s['method']} {s['path']}{op}: {s['reason']}")
+    return 0
+
+
+def _external_refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            yield ref
+        for value in node.values():
+            yield from _external_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _external_refs(value)
+
+
+def cmd_openapi_add(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name}
+    if "://" in args.spec or args.remote:
+        body["spec"] = args.spec  # fetched (or read) by the gateway
+    else:
+        from mcp_hub.upstreams.openapi.refs import DocumentError, load_sync, source_uri
+
+        try:
+            document = load_sync(source_uri(args.spec))
+        except (DocumentError, OSError) as exc:
+            raise CliError(f"cannot read {args.spec}: {exc}") from None
+        refs = sorted(set(_external_refs(document)))
+        if refs:
+            raise CliError(f"{args.spec} refers to other files ({', '.join(refs[:3])}); serve it over HTTP and pass "
+                           "the URL, or put it in the gateway's admin.spec_dirs and pass --remote")
+        body["document"] = document
+    for key in ("base_url", "prefix"):
+        value = getattr(args, key)
+        if value is not None:
+            body[key] = value
+    if args.route:
+        body["routes"] = args.route
+    result = _admin(args).request("POST", "openapi", body=body)
+    if args.json:
+        _print_json(result)
+        return 0
+    tools = result["tools"]
+    shown = ", ".join(tools[:5]) + (f", … ({len(tools) - 5} more)" if len(tools) > 5 else "")
+    print(f"registered {result['name']}: {len(tools)} tools ({shown}); {len(result['skipped'])} operations skipped")
+    print(f"persisted in {result['store']}")
+    return 0
+
+
+def cmd_openapi_list(args: argparse.Namespace) -> int:
+    result = _admin(args).request("GET", "openapi")
+    if args.json:
+        _print_json(result)
+        return 0
+    rows = [[r["name"], r["state"], str(r["tools"]), r["spec"] or "(inline document)", r["base_url"] or "(document)"]
+            for r in result["registrations"]]
+    if rows:
+        _table(["NAME", "STATE", "TOOLS", "SPEC", "BASE URL"], rows, sys.stdout)
+    print(f"{len(rows)} registration(s) in {result['store']}")
+    return 0
+
+
+def cmd_openapi_remove(args: argparse.Namespace) -> int:
+    _admin(args).request("DELETE", f"openapi/{args.name}")
+    print(f"removed {args.name}")
+    return 0
+
+
+# --- running gateway -----------------------------------------------------------------------------
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    summary = _admin(args).request("POST", "reload")
+    if args.json:
+        _print_json(summary)
+        return 0
+    print(f"reloaded {summary.pop('reloaded')}")
+    for key, names in summary.items():
+        if names:
+            print(f"  {key.replace('_', ' ')}: {', '.join(names)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    health = _admin(args).request("GET", "upstreams")
+    if args.json:
+        _print_json(health)
+        return 0
+    print(f"status {health['status']} (mcp-hub {health.get('version', '?')})")
+    rows = [[name, u["kind"], u["state"], str(u["tools"]), u.get("source", ""), u.get("error", "")]
+            for name, u in health["upstreams"].items()]
+    _table(["UPSTREAM", "KIND", "STATE", "TOOLS", "SOURCE", "ERROR"], rows, sys.stdout)
+    for line in health.get("collisions", []):
+        print(f"collision: {line}")
+    return 0
+
+
+# --- the parser ----------------------------------------------------------------------------------
+
+
+def _target_options(parser: argparse.ArgumentParser, *, offline: bool) -> None:
+    if offline:
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("--config", "-c", help="a config file: its upstreams are started in this process "
+                           "(default: the embedded demo config)")
+        where.add_argument("--url", help="a running gateway (e.g. http://127.0.0.1:8000), through its admin API")
+    else:
+        parser.add_argument("--url", required=True, help="the running gateway, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--admin-key", help=f"admin credential (better: set {ADMIN_KEY_ENV}, so it stays out of `ps`)")
+    parser.add_argument("--admin-path", default="/admin", help="where the admin API is served (default /admin)")
+
+
+def _consumer_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--group", "-g", action="append", help="a group of the consumer (repeat, or G1,G2)")
+    parser.add_argument("--groups", help="the consumer's groups, comma-separated")
+    parser.add_argument("--consumer", help="the consumer's name (its static_groups are merged in)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-hub", description="One MCP server in front of many.")
     parser.add_argument("--version", action="version", version=f"mcp-hub {__version__}")
@@ -98,12 +574,76 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config")
     check.set_defaults(func=cmd_check)
 
-    try:
-        from mcp_hub import cli_extra
+    tools = sub.add_parser("tools", help="the tools, prompts and resources a group sees")
+    _target_options(tools, offline=True)
+    _consumer_options(tools)
+    tools.add_argument("--route", default="/mcp", help="route (virtual server) to show, or `all` (default /mcp)")
+    tools.add_argument("--json", action="store_true", help="print JSON (the admin API's catalog answer)")
+    tools.set_defaults(func=cmd_tools)
 
-        cli_extra.register(sub)
-    except ImportError:
-        pass
+    explain = sub.add_parser("explain", help="why a group may or may not use a tool (exit 0 allowed, 1 not)")
+    explain.add_argument("name", help="exposed name of the tool (or prompt, or resource URI)")
+    kind = explain.add_mutually_exclusive_group()
+    kind.add_argument("--prompt", action="store_true", help="NAME is a prompt")
+    kind.add_argument("--resource", action="store_true", help="NAME is a resource URI")
+    _target_options(explain, offline=True)
+    _consumer_options(explain)
+    explain.add_argument("--route", help="route (virtual server); default /mcp")
+    explain.add_argument("--json", action="store_true")
+    explain.set_defaults(func=cmd_explain)
+
+    keys = sub.add_parser("keys", help="API keys and admin keys").add_subparsers(dest="keys_command", required=True)
+    new = keys.add_parser("new", help="print a new key and the SHA-256 digest the config stores")
+    new.add_argument("--consumer", help="consumer name for the config snippet")
+    new.add_argument("--groups", help="groups for the config snippet, comma-separated")
+    new.add_argument("--admin", metavar="NAME", help="print an admin.keys snippet for NAME instead")
+    new.add_argument("--json", action="store_true", help='print {"key": ..., "sha256": ...}')
+    new.set_defaults(func=cmd_keys_new)
+
+    openapi = sub.add_parser("openapi", help="REST APIs from OpenAPI documents").add_subparsers(
+        dest="openapi_command", required=True)
+    inspect = openapi.add_parser("inspect", help="the tools a document would produce, and what it skips and why")
+    inspect.add_argument("spec", help="path or http(s) URL of the document (.json, .yaml, .gz)")
+    for side in ("include", "exclude"):
+        inspect.add_argument(f"--{side}-operation", dest=f"{side}_operations", action="append", metavar="ID",
+                             help=f"{side} this operationId (or tool name); repeatable")
+        inspect.add_argument(f"--{side}-tag", dest=f"{side}_tags", action="append", metavar="TAG",
+                             help=f"{side} operations with this tag; repeatable")
+        inspect.add_argument(f"--{side}-path", dest=f"{side}_paths", action="append", metavar="GLOB",
+                             help=f"{side} paths matching this glob (may start with a method: 'GET /pets/*')")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(func=cmd_openapi_inspect)
+
+    add = openapi.add_parser("add", help="register a document with a running gateway (persisted)")
+    add.add_argument("name", help="upstream name (tools become NAME__tool unless --prefix)")
+    add.add_argument("spec", help="URL the gateway fetches, or a local file sent as the document")
+    add.add_argument("--base-url", help="where calls go (default: the document's servers)")
+    add.add_argument("--prefix", help="tool name prefix (default: the name; empty for none)")
+    add.add_argument("--route", action="append", help="also expose it on this virtual server (repeatable)")
+    add.add_argument("--remote", action="store_true", help="SPEC is a path on the gateway host (in admin.spec_dirs)")
+    _target_options(add, offline=False)
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(func=cmd_openapi_add)
+
+    listing = openapi.add_parser("list", help="runtime registrations of a running gateway")
+    _target_options(listing, offline=False)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_openapi_list)
+
+    remove = openapi.add_parser("remove", help="drop a runtime registration")
+    remove.add_argument("name")
+    _target_options(remove, offline=False)
+    remove.set_defaults(func=cmd_openapi_remove)
+
+    reload = sub.add_parser("reload", help="make a running gateway reload its config file")
+    _target_options(reload, offline=False)
+    reload.add_argument("--json", action="store_true")
+    reload.set_defaults(func=cmd_reload)
+
+    status = sub.add_parser("status", help="upstream states of a running gateway")
+    _target_options(status, offline=False)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
     return parser
 
 
@@ -115,19 +655,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:  # a config that validates but cannot be served (e.g. open bind without auth)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def _json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
-
-
-def _path(p: str) -> Path:
-    return Path(p)
 
 
 if __name__ == "__main__":

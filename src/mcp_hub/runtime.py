@@ -1,5 +1,5 @@
-"""Assembles a gateway from a config (upstreams with their credentials, pipeline, auth) and keeps it
-in step with its config file (SIGHUP and file changes)."""
+"""Assembles a gateway from a config (upstreams with their credentials, pipeline, auth, runtime OpenAPI
+registrations) and keeps it in step with its config file (SIGHUP, file changes, `POST /admin/reload`)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from mcp_hub.config import (
     load_config,
 )
 from mcp_hub.gateway import Gateway, build_upstreams
+from mcp_hub.registry import OpenAPIRegistry, RegistryError, open_store
 from mcp_hub.upstreams.base import Upstream
 from mcp_hub.upstreams.mcp import McpUpstream
+from mcp_hub.upstreams.per_consumer import PerConsumerUpstream
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +42,11 @@ class _CredentialAuth(httpx2.Auth):
         yield request
 
 
-def upstream_factory(auth_config: AuthConfig, auth: GatewayAuth | None) -> Callable[[GatewayConfig], dict[str, Upstream]]:
-    """Builds upstream objects for a config, with gateway-owned credentials attached."""
+def upstream_factory(
+    auth_config: AuthConfig, auth: GatewayAuth | None, registry: OpenAPIRegistry | None = None
+) -> Callable[[GatewayConfig], dict[str, Upstream]]:
+    """Builds upstream objects for a config, with gateway-owned credentials attached, followed by the
+    runtime OpenAPI registrations `registry` holds (so a reload keeps them)."""
     credential_source = auth or GatewayAuth(auth_config)
 
     def build(config: GatewayConfig) -> dict[str, Upstream]:
@@ -51,38 +56,123 @@ def upstream_factory(auth_config: AuthConfig, auth: GatewayAuth | None) -> Calla
                 continue
             credentials = credential_source.credentials(cfg.credentials)
             if credentials.belongs_to_caller:
-                raise ConfigError([
-                    f"upstreams.{name}.credentials: a caller-owned credential (passthrough, exchange) needs one "
-                    "upstream session per consumer, which MCP upstreams do not support yet"
-                ])
+                if not isinstance(cfg, StreamableHttpUpstreamConfig | SseUpstreamConfig):
+                    raise ConfigError([
+                        f"upstreams.{name}.credentials: a caller-owned credential (passthrough, exchange) "
+                        "needs an HTTP upstream (sse or streamable-http)"
+                    ])
+                # The upstream knows the user by the credential on the session: one session per consumer.
+                upstreams[name] = PerConsumerUpstream(name, cfg, credentials)
+                continue
             upstream = upstreams[name]
             if isinstance(cfg, StreamableHttpUpstreamConfig | SseUpstreamConfig) and isinstance(upstream, McpUpstream):
                 upstream.http_auth = _CredentialAuth(credentials)
+        if registry is not None:
+            upstreams.update(registry.upstreams(taken=set(upstreams)))
         return upstreams
 
     return build
 
 
-def build_gateway(config: GatewayConfig, *, config_path: str | None = None, check_listen: bool = False) -> Gateway:
-    """A ready-to-run gateway for `config` (nothing is started yet)."""
+def _admin_config(config: GatewayConfig) -> Any:
+    from mcp_hub.admin import AdminConfig
+
+    return AdminConfig.model_validate(config.admin)
+
+
+def open_registry(config: GatewayConfig, config_path: str | Path | None = None) -> OpenAPIRegistry:
+    """The (not yet loaded) registry of runtime OpenAPI registrations `admin.registry` names."""
+    admin = _admin_config(config)
+    try:
+        store = open_store(admin.registry, config_path=config_path)
+    except RegistryError as exc:
+        raise ConfigError([f"admin.registry: {exc}"]) from None
+    return OpenAPIRegistry(store, allowed_base_urls=admin.allowed_base_urls)
+
+
+async def load_registry(config: GatewayConfig, config_path: str | Path | None = None) -> OpenAPIRegistry:
+    """Open the registry and read its registrations: done before serving, so they survive restarts."""
+    registry = open_registry(config, config_path)
+    try:
+        await registry.load()
+    except RegistryError as exc:
+        raise ConfigError([f"admin.registry: cannot load the OpenAPI registrations: {exc}"]) from None
+    return registry
+
+
+def build_gateway(
+    config: GatewayConfig,
+    *,
+    config_path: str | None = None,
+    check_listen: bool = False,
+    registry: OpenAPIRegistry | None = None,
+) -> Gateway:
+    """A ready-to-run gateway for `config` (nothing is started yet).
+
+    `registry` holds runtime OpenAPI registrations (see `load_registry`); without one, an empty
+    registry on the configured store is attached, so the admin API can still register.
+    """
     auth_config = AuthConfig.model_validate(config.auth)
     if check_listen:
         check_bind(auth_config, config.listen.host)
     auth = GatewayAuth(auth_config) if auth_config.enabled else None
+    registry = registry or open_registry(config, config_path)
     gateway = Gateway(
-        config, upstream_factory=upstream_factory(auth_config, auth), default_consumer=anonymous_consumer(auth_config)
+        config,
+        upstream_factory=upstream_factory(auth_config, auth, registry),
+        default_consumer=anonymous_consumer(auth_config),
     )
     gateway.auth = auth
     gateway.config_path = config_path
+    # The admin API finds the registry here (the Gateway class knows nothing of registrations).
+    gateway.openapi_registry = registry  # type: ignore[attr-defined]
     return gateway
+
+
+async def reload_checked(gateway: Gateway, path: str | Path) -> dict[str, list[str]]:
+    """Load the config file again, re-read the OpenAPI registrations, and switch to both.
+
+    Raises `ConfigError` (or `ValueError`, `RegistryError`) and changes nothing when either is unusable.
+    """
+    config = load_config(path)
+    for key, value in (getattr(gateway, "listen_overrides", None) or {}).items():
+        setattr(config.listen, key, value)  # command-line options win over the file, as at start
+    registry: OpenAPIRegistry | None = getattr(gateway, "openapi_registry", None)
+    restart: list[str] = []
+    if registry is None:
+        summary = await gateway.reload(config)
+    else:
+        admin = _admin_config(config)
+        if admin.registry != _admin_config(gateway.config).registry:
+            restart.append("admin.registry")  # the store is opened once per process
+        saved = (dict(registry.registrations), registry.allowed_base_urls)
+        try:
+            await registry.load()  # other replicas may have registered or removed APIs meanwhile
+            registry.allowed_base_urls = list(admin.allowed_base_urls)
+            summary = await gateway.reload(config)
+        except BaseException:
+            registry.registrations, registry.allowed_base_urls = saved
+            raise
+    summary["restart_required"] = summary.get("restart_required", []) + restart
+    if registry is not None:
+        # Virtual servers are rebuilt from the config; put back the registrations that asked for them.
+        extra = False
+        for registration in registry.registrations.values():
+            for path_ in registration.routes:
+                route = gateway.routes.get(path_)
+                if route is not None and registration.name in gateway.upstreams and registration.name not in route.upstreams:
+                    route.upstreams.append(registration.name)
+                    extra = True
+        if extra:
+            gateway.rebuild()
+    return summary
 
 
 async def reload_from_file(gateway: Gateway, path: str | Path) -> dict[str, list[str]] | None:
     """Load the config file again and switch to it; an invalid file is refused and logged."""
     try:
-        config = load_config(path)
-        return await gateway.reload(config)
-    except (ConfigError, ValueError) as exc:
+        return await reload_checked(gateway, path)
+    except (ConfigError, ValueError, RegistryError) as exc:
         logger.error("config reload refused, the old config keeps serving: %s", exc)
         return None
 

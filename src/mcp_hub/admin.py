@@ -1,0 +1,621 @@
+"""The admin API: upstream states, what a group sees, why a tool is allowed, runtime OpenAPI
+registrations and config reloads, under `admin.path` (default `/admin`).
+
+    GET    /admin/upstreams                       states of every upstream
+    GET    /admin/catalog?group=G                 tools, prompts, resources a consumer sees, per route
+    GET    /admin/catalog?consumer=C&groups=G1,G2
+    GET    /admin/explain?tool=NAME&groups=G      the ACL decision and the rule that made it
+    GET    /admin/openapi                         runtime registrations
+    POST   /admin/openapi                         register a REST API from an OpenAPI document
+    DELETE /admin/openapi/{name}                  drop a registration
+    POST   /admin/reload                          reload the config file (and the registrations)
+
+Every request needs `Authorization: Bearer <credential>`: an admin key (`admin.keys`, stored as
+SHA-256 digests like API keys), or a credential the gateway's own auth accepts whose consumer is in
+one of `admin.groups`. No credential or an unknown one: 401; a valid caller who is not an admin: 403.
+The catalog and explain answers are computed by the same functions the CLI uses offline.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import re
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.types import Receive, Scope, Send
+
+from mcp_hub.auth.identity import Consumer
+from mcp_hub.config import ConfigError, format_validation_error
+
+if TYPE_CHECKING:
+    from mcp_hub.gateway import Gateway
+    from mcp_hub.registry import OpenAPIRegistry
+
+logger = logging.getLogger(__name__)
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_RESERVED_PATHS = ("/", "/mcp", "/healthz", "/metrics")
+ADMIN_SCOPE_KEY = "mcp_hub.admin"
+KINDS = ("tool", "prompt", "resource")
+
+
+class _Model(BaseModel):
+    # hide_input_in_errors: a mistyped digest or Redis URL must not be echoed in the error.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+
+class AdminKey(_Model):
+    """One admin key: a name for the audit log and the SHA-256 of the key (never the key)."""
+
+    name: str = Field(min_length=1, description="who holds the key (shown in logs, never the key)")
+    sha256: str = Field(description="SHA-256 hex digest of the key; `mcp-hub keys new --admin NAME` prints it")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not _SHA256_HEX.match(value):
+            raise ValueError("must be the 64 hex digits of a SHA-256 digest (see `mcp-hub keys new --admin NAME`)")
+        return value
+
+
+def _http_prefixes(values: list[str]) -> list[str]:
+    for value in values:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL prefix")
+        if parts.username or parts.password:
+            raise ValueError(f"{parts.scheme}://{parts.hostname}...: a URL prefix must not carry credentials")
+    return values
+
+
+class AdminConfig(_Model):
+    """The `admin:` section: where the admin API lives, who may use it, and what it may register."""
+
+    path: str = Field(default="/admin", pattern=r"^/[A-Za-z0-9/_.-]+$",
+                      description="URL path the admin API is served under")
+    keys: list[AdminKey] = Field(default_factory=list, description="admin keys (name and SHA-256 digest)")
+    groups: list[str] = Field(
+        default_factory=list,
+        description="consumers the gateway's auth puts in one of these groups are admins too",
+    )
+    allowed_base_urls: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes a runtime OpenAPI registration may call; empty: registration is off. "
+        "Loopback and link-local hosts are refused unless a prefix names them literally",
+    )
+    allowed_spec_urls: list[str] | None = Field(
+        default=None, description="URL prefixes a registration's document may be fetched from; "
+        "default: allowed_base_urls"
+    )
+    spec_dirs: list[str] = Field(
+        default_factory=list,
+        description="folders on the gateway host a registration may name a document in (relative to the "
+        "config file); default: none, so only URLs and inline documents",
+    )
+    registry: str | None = Field(
+        default=None,
+        description="where registrations persist: a file path (relative to the config file), memory:// or "
+        "redis://host:port/db; default: <config name>.registrations.json beside the config file",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the admin API is served (some way to authenticate an admin is configured)."""
+        return bool(self.keys or self.groups)
+
+    @field_validator("path")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        value = value.rstrip("/") or "/"
+        if value in _RESERVED_PATHS:
+            raise ValueError(f"{value} is used by the gateway itself")
+        return value
+
+    @field_validator("allowed_base_urls")
+    @classmethod
+    def _base_urls(cls, value: list[str]) -> list[str]:
+        return _http_prefixes(value)
+
+    @field_validator("allowed_spec_urls")
+    @classmethod
+    def _spec_urls(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else _http_prefixes(value)
+
+    def spec_url_prefixes(self) -> list[str]:
+        """Where documents may be fetched from."""
+        return self.allowed_base_urls if self.allowed_spec_urls is None else self.allowed_spec_urls
+
+
+class AdminError(Exception):
+    """An admin request that cannot be served: an HTTP status, a short code and a clear message."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.code, "message": self.message, **self.extra}, status_code=self.status)
+
+
+# --- what a consumer sees, and why (shared with the CLI) ----------------------------------------
+
+
+def consumer_for(gateway: Gateway, name: str | None, groups: list[str]) -> Consumer:
+    """The consumer a query stands for: the gateway's default (unauthenticated) consumer when neither a
+    name nor groups are given; `static_groups` configured for the name are merged in, as for a real caller."""
+    if name is None and not groups:
+        return gateway.default_consumer
+    static: list[str] = []
+    auth = getattr(gateway, "auth", None)
+    if name is not None and auth is not None:
+        static = list(auth.config.static_groups.get(name, ()))
+    merged = tuple(dict.fromkeys([*groups, *static]))
+    return Consumer(name=name or "anonymous", groups=merged)
+
+
+def split_groups(*values: str | None) -> list[str]:
+    """Groups from `G1,G2` strings (empty parts dropped)."""
+    out: list[str] = []
+    for value in values:
+        out += [g.strip() for g in (value or "").split(",") if g.strip()]
+    return out
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def catalog_for(gateway: Gateway, consumer: Consumer, route: str | None = None) -> dict[str, Any]:
+    """The tools, prompts and resources `consumer` sees on each route (or on `route`), with totals."""
+    paths = [route] if route else list(gateway.routes)
+    out: dict[str, Any] = {
+        "consumer": {"name": consumer.name, "groups": list(consumer.groups)},
+        "routes": {},
+        "upstreams": {name: up.state.value for name, up in gateway.upstreams.items()},
+    }
+    for path in paths:
+        found = gateway.routes.get(path)
+        if found is None:
+            raise AdminError(404, "unknown_route", f"no route {path!r}; routes: {', '.join(gateway.routes)}")
+        view = found.view
+        tools = gateway.visible_tools(view, consumer)
+        prompts = gateway.visible_prompts(view, consumer)
+        resources = gateway.visible_resources(view, consumer)
+        out["routes"][path] = {
+            "tools": [
+                {"name": t.name, "upstream": view.tools[t.name][1].upstream, "original": view.tools[t.name][1].original,
+                 "description": _first_line(t.description)}
+                for t in tools
+            ],
+            "prompts": [
+                {"name": p.name, "upstream": view.prompts[p.name][1].upstream, "description": _first_line(p.description)}
+                for p in prompts
+            ],
+            "resources": [
+                {"uri": str(r.uri), "name": r.name, "upstream": view.resources[str(r.uri)][1].upstream}
+                for r in resources
+            ],
+            "totals": {"tools": len(view.tool_list), "prompts": len(view.prompt_list),
+                       "resources": len(view.resource_list)},
+        }
+    return out
+
+
+def _limits_for(gateway: Gateway, consumer: Consumer, tool: str, upstream: str | None) -> list[str]:
+    """Budgets and rate limits that would count a call of `tool` by `consumer`, as `key: description`."""
+    policy = getattr(gateway.pipeline, "policy", None)
+    if policy is None:
+        return []
+    out: list[str] = []
+
+    def add(where: str, rules: list[Any]) -> None:
+        for i, rule in enumerate(rules):
+            if rule.applies_to(tool, upstream):
+                out.append(f"{where}[{i}]: {rule.describe()}")
+
+    for group in consumer.group_key:
+        rules = policy.groups.get(group)
+        if rules is not None:
+            add(f"groups.{group}.budgets", rules.budgets)
+            add(f"groups.{group}.rate_limits", rules.rate_limits)
+    own = policy.consumers.get(consumer.name)
+    if own is not None:
+        add(f"consumers.{consumer.name}.budgets", own.budgets)
+        add(f"consumers.{consumer.name}.rate_limits", own.rate_limits)
+    add("budgets", policy.budgets)
+    add("rate_limits", policy.rate_limits)
+    return out
+
+
+def explain_for(gateway: Gateway, consumer: Consumer, kind: str, name: str, route: str | None = None) -> dict[str, Any]:
+    """Whether `consumer` may see and use the tool (prompt, resource) `name` on `route`, why, and which
+    limits would count its calls. A name that does not exist is reported as such, with close matches."""
+    if kind not in KINDS:
+        raise AdminError(400, "bad_request", f"kind must be one of {', '.join(KINDS)}")
+    path = route or "/mcp"
+    found = gateway.routes.get(path)
+    if found is None:
+        raise AdminError(404, "unknown_route", f"no route {path!r}; routes: {', '.join(gateway.routes)}")
+    view = found.view
+    entries = {"tool": view.tools, "prompt": view.prompts, "resource": view.resources}[kind]
+    entry = entries.get(name)
+    out: dict[str, Any] = {
+        "kind": kind, "name": name, "route": path,
+        "consumer": {"name": consumer.name, "groups": list(consumer.groups)},
+        "exists": entry is not None,
+    }
+    if entry is None:
+        similar = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(similar)}?" if similar else ""
+        out.update(allowed=False, upstream=None, rule=None,
+                   reason=f"no {kind} named {name!r} on {path} ({len(entries)} {kind}s there){hint}",
+                   similar=similar)
+        return out
+    upstream = entry[1].upstream
+    explain = getattr(gateway.pipeline, "explain", None)
+    if explain is not None:
+        decision = explain(consumer, kind, name, upstream)
+    else:
+        allowed, rule = gateway.pipeline.decide(consumer, kind, name, upstream)
+        decision = {"allowed": allowed, "reason": rule, "rule": rule}
+    out.update(upstream=upstream, original=entry[1].original, **decision)
+    if kind == "tool":
+        out["limits"] = _limits_for(gateway, consumer, name, upstream)
+    return out
+
+
+def upstreams_report(gateway: Gateway) -> dict[str, Any]:
+    """Each upstream's health, where it was defined, and the routes that expose it."""
+    health = gateway.health()
+    registry = registry_of(gateway)
+    registered = set(registry.registrations) if registry is not None else set()
+    for name, entry in health["upstreams"].items():
+        entry["source"] = "registered" if name in registered and name not in _config_names(gateway) else "config"
+        entry["routes"] = [path for path, route in gateway.routes.items() if name in route.upstreams]
+    return health
+
+
+def _config_names(gateway: Gateway) -> set[str]:
+    return set(gateway.config.upstreams) | set(gateway.config.openapi)
+
+
+def registry_of(gateway: Gateway) -> OpenAPIRegistry | None:
+    """The runtime OpenAPI registry `runtime.build_gateway` attached, if any."""
+    return getattr(gateway, "openapi_registry", None)
+
+
+# --- runtime OpenAPI registration ----------------------------------------------------------------
+
+
+def _under(prefix: str, url: str) -> bool:
+    p, u = urlsplit(prefix), urlsplit(url)
+    if (p.scheme.lower(), (p.hostname or "").lower(), p.port) != (u.scheme.lower(), (u.hostname or "").lower(), u.port):
+        return False
+    base = p.path.rstrip("/")
+    return not base or u.path == base or u.path.startswith(base + "/")
+
+
+def _is_internal(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified
+
+
+def _literal_internal_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return _is_internal(host.strip("[]"))
+    except ValueError:
+        return False
+
+
+async def check_url(url: str, prefixes: list[str], what: str) -> None:
+    """Refuse `url` unless it lies under one of `prefixes`; a host name that resolves to a loopback or
+    link-local address is refused unless the matching prefix names such a host literally."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AdminError(422, "invalid_url", f"{what} must be an http:// or https:// URL")
+    if parts.username or parts.password:
+        raise AdminError(422, "invalid_url", f"{what} must not carry credentials (user:password@)")
+    matching = [p for p in prefixes if _under(p, url)]
+    if not matching:
+        shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
+        raise AdminError(403, "url_not_allowed",
+                         f"{what} {shown} is not under any of admin.allowed_base_urls"
+                         + (" / admin.allowed_spec_urls" if what == "spec" else ""),
+                         allowed=prefixes)
+    host = parts.hostname
+    if _literal_internal_host(host) or any(_literal_internal_host(urlsplit(p).hostname or "") for p in matching):
+        return  # named literally by the operator: allowed on purpose
+    try:
+        infos = await anyio.to_thread.run_sync(lambda: socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM))
+    except OSError as exc:
+        raise AdminError(422, "unresolvable_host", f"{what} host {host!r} does not resolve: {exc.strerror}") from None
+    if any(_is_internal(str(info[4][0])) for info in infos):
+        raise AdminError(403, "url_not_allowed",
+                         f"{what} host {host!r} resolves to a loopback or link-local address; "
+                         "list such an address literally in admin.allowed_base_urls to allow it")
+
+
+def _check_spec_path(spec: str, config: AdminConfig, config_path: str | None) -> None:
+    base = Path(config_path).parent if config_path else Path.cwd()
+    dirs = [(base / d).resolve() for d in config.spec_dirs]
+    if not dirs:
+        raise AdminError(403, "path_not_allowed",
+                         "documents on the gateway host are refused unless admin.spec_dirs lists their folder; "
+                         "send a URL or the document itself")
+    target = (base / spec).resolve()
+    if not any(target.is_relative_to(d) for d in dirs):
+        raise AdminError(403, "path_not_allowed", "the document is not in any of admin.spec_dirs")
+    if not target.is_file():
+        raise AdminError(422, "no_such_document", "the document does not exist in admin.spec_dirs")
+
+
+def _validation_error(exc: ValidationError) -> AdminError:
+    return AdminError(422, "invalid_registration", "; ".join(format_validation_error(exc)))
+
+
+def _exposed_tools(gateway: Gateway, name: str) -> list[str]:
+    view = gateway.routes["/mcp"].view if "/mcp" in gateway.routes else next(iter(gateway.routes.values())).view
+    return [tool for tool, (_, source) in view.tools.items() if source.upstream == name]
+
+
+class AdminAPI:
+    """The admin API as one ASGI app: authenticate, then route."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._lock = anyio.Lock()  # registrations and reloads change shared state one at a time
+        self.router = Router(routes=[
+            Route("/upstreams", self.upstreams, methods=["GET"]),
+            Route("/catalog", self.catalog, methods=["GET"]),
+            Route("/explain", self.explain, methods=["GET"]),
+            Route("/openapi", self.list_openapi, methods=["GET"]),
+            Route("/openapi", self.register_openapi, methods=["POST"]),
+            Route("/openapi/{name}", self.remove_openapi, methods=["DELETE"]),
+            Route("/reload", self.reload, methods=["POST"]),
+        ])
+        auth = getattr(gateway, "auth", None)
+        from mcp_hub.gateway import ALL_ROUTE
+
+        # The gateway's own auth gate authenticates non-key callers; a 401 there points at /mcp's metadata.
+        self._gate = auth.protect(self._group_check, ALL_ROUTE) if auth is not None else None
+
+    @property
+    def config(self) -> AdminConfig:
+        """The admin section of the gateway's current config (keys and groups follow a reload)."""
+        return AdminConfig.model_validate(self.gateway.config.admin)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.router(scope, receive, send)
+            return
+        request = Request(scope)
+        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            await self._refuse(scope, receive, send, 401, "unauthorized",
+                               "admin API: send `Authorization: Bearer <admin key>`")
+            return
+        config = self.config
+        digest = hashlib.sha256(credential.encode()).hexdigest()
+        for key in config.keys:
+            if hmac.compare_digest(digest, key.sha256):
+                scope[ADMIN_SCOPE_KEY] = f"key:{key.name}"
+                await self.router(scope, receive, send)
+                return
+        if self._gate is not None and config.groups:
+            await self._gate(scope, receive, send)
+            return
+        await self._refuse(scope, receive, send, 401, "unauthorized", "admin API: unknown admin key")
+
+    async def _group_check(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from mcp_hub.gateway import CONSUMER_SCOPE_KEY
+
+        consumer = scope.get(CONSUMER_SCOPE_KEY)
+        admin_groups = set(self.config.groups)
+        if not isinstance(consumer, Consumer) or not admin_groups & set(consumer.groups):
+            await self._refuse(scope, receive, send, 403, "forbidden",
+                               "admin API: this caller is not in any of admin.groups")
+            return
+        scope[ADMIN_SCOPE_KEY] = f"consumer:{consumer.name}"
+        await self.router(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int, code: str, message: str) -> None:
+        headers = {"WWW-Authenticate": 'Bearer realm="mcp-hub-admin"'} if status == 401 else {}
+        response = JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+        await response(scope, receive, send)
+
+    # -- handlers ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _who(request: Request) -> str:
+        return str(request.scope.get(ADMIN_SCOPE_KEY, "?"))
+
+    def _consumer(self, request: Request) -> Consumer:
+        q = request.query_params
+        groups = split_groups(*q.getlist("group"), *q.getlist("groups"))
+        return consumer_for(self.gateway, q.get("consumer"), groups)
+
+    async def upstreams(self, request: Request) -> Response:
+        return JSONResponse(upstreams_report(self.gateway))
+
+    async def catalog(self, request: Request) -> Response:
+        try:
+            return JSONResponse(catalog_for(self.gateway, self._consumer(request), request.query_params.get("route")))
+        except AdminError as exc:
+            return exc.response()
+
+    async def explain(self, request: Request) -> Response:
+        q = request.query_params
+        asked = [(kind, q[kind]) for kind in KINDS if q.get(kind)]
+        if len(asked) != 1:
+            return AdminError(400, "bad_request", "give exactly one of tool=, prompt= or resource=").response()
+        kind, name = asked[0]
+        try:
+            return JSONResponse(explain_for(self.gateway, self._consumer(request), kind, name, q.get("route")))
+        except AdminError as exc:
+            return exc.response()
+
+    async def list_openapi(self, request: Request) -> Response:
+        registry = registry_of(self.gateway)
+        if registry is None:
+            return JSONResponse({"registrations": [], "store": None})
+        items = []
+        for reg in registry.registrations.values():
+            upstream = self.gateway.upstreams.get(reg.name)
+            items.append({
+                **reg.model_dump(mode="json", exclude={"document"}),
+                "document": "inline" if reg.document is not None else None,
+                "state": upstream.state.value if upstream is not None else "not running",
+                "tools": len(upstream.catalog.tools) if upstream is not None else 0,
+            })
+        return JSONResponse({"registrations": items, "store": registry.store.describe()})
+
+    async def register_openapi(self, request: Request) -> Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return AdminError(400, "bad_request", "the body must be a JSON object").response()
+        if not isinstance(body, dict):
+            return AdminError(400, "bad_request", "the body must be a JSON object").response()
+        async with self._lock:
+            try:
+                result = await self._register(body)
+            except AdminError as exc:
+                return exc.response()
+        logger.info("admin %s registered OpenAPI upstream %r (%d tools)", self._who(request), result["name"],
+                    len(result["tools"]))
+        return JSONResponse(result, status_code=201)
+
+    async def _register(self, body: dict[str, Any]) -> dict[str, Any]:
+        from mcp_hub.registry import Registration, RegistryError
+
+        gateway, config = self.gateway, self.config
+        registry = registry_of(gateway)
+        if registry is None:
+            raise AdminError(503, "unavailable", "this gateway has no registration store")
+        if not config.allowed_base_urls:
+            raise AdminError(403, "registration_off",
+                             "runtime OpenAPI registration is off: list the API's URL prefix under "
+                             "admin.allowed_base_urls in the config")
+        body = {k: v for k, v in body.items() if k != "created_at"}
+        try:
+            registration = Registration.model_validate(body)
+            from mcp_hub.upstreams.openapi import OpenAPIUpstreamConfig
+
+            OpenAPIUpstreamConfig.model_validate(registration.upstream_config("document.json"))
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        name = registration.name
+        if name in gateway.upstreams or name in registry.registrations or name in _config_names(gateway):
+            raise AdminError(409, "name_taken", f"an upstream named {name!r} exists already")
+        unknown = [r for r in registration.routes if r not in gateway.routes]
+        if unknown:
+            raise AdminError(422, "unknown_route", f"no route {unknown[0]!r}; routes: {', '.join(gateway.routes)}")
+        if registration.spec is not None:
+            if "://" in registration.spec:
+                await check_url(registration.spec, config.spec_url_prefixes(), "spec")
+            else:
+                _check_spec_path(registration.spec, config, gateway.config_path)
+                base = Path(gateway.config_path).parent if gateway.config_path else Path.cwd()
+                registration = registration.model_copy(update={"spec": str((base / registration.spec).resolve())})
+        if registration.base_url is not None:
+            await check_url(registration.base_url, config.allowed_base_urls, "base_url")
+        registry.allowed_base_urls = list(config.allowed_base_urls)
+        upstream = registry.build(registration)
+        registry.registrations[name] = registration  # before starting: a reload meanwhile must keep it
+        try:
+            await gateway.add_upstream(upstream, routes=registration.routes or None)
+        except Exception:
+            registry.registrations.pop(name, None)
+            raise
+        if upstream.state.value != "up":
+            reason = upstream.last_error or upstream.state.value
+            self._drop(name)
+            raise AdminError(422, "upstream_failed", f"the API could not be loaded: {reason}")
+        try:
+            await registry.store.save(registration)
+        except RegistryError as exc:
+            self._drop(name)
+            raise AdminError(503, "store_failed", f"the registration could not be saved: {exc}") from None
+        skipped = getattr(upstream, "skipped", [])
+        return {
+            "name": name,
+            "state": upstream.state.value,
+            "tools": _exposed_tools(gateway, name),
+            "skipped": [{"method": s.method, "path": s.path, "reason": s.reason} for s in skipped],
+            "store": registry.store.describe(),
+        }
+
+    def _drop(self, name: str) -> None:
+        registry = registry_of(self.gateway)
+        if registry is not None:
+            registry.registrations.pop(name, None)
+        if name in self.gateway.upstreams:
+            self.gateway.remove_upstream(name)
+
+    async def remove_openapi(self, request: Request) -> Response:
+        from mcp_hub.registry import RegistryError
+
+        name = request.path_params["name"]
+        registry = registry_of(self.gateway)
+        async with self._lock:
+            if registry is None or name not in registry.registrations:
+                if name in self.gateway.upstreams:
+                    return AdminError(409, "not_registered",
+                                      f"{name!r} is defined in the config file; edit the file to remove it").response()
+                return AdminError(404, "not_found", f"no registration named {name!r}").response()
+            try:
+                await registry.store.delete(name)
+            except RegistryError as exc:
+                return AdminError(503, "store_failed", f"the registration could not be removed: {exc}").response()
+            self._drop(name)
+        logger.info("admin %s removed OpenAPI upstream %r", self._who(request), name)
+        return JSONResponse({"removed": name})
+
+    async def reload(self, request: Request) -> Response:
+        from mcp_hub.registry import RegistryError
+        from mcp_hub.runtime import reload_checked
+
+        path = self.gateway.config_path
+        if not path:
+            return AdminError(409, "no_config_file", "this gateway was started without a config file").response()
+        async with self._lock:
+            try:
+                summary = await reload_checked(self.gateway, path)
+            except ConfigError as exc:
+                return AdminError(422, "invalid_config", "the config was refused; the old one keeps serving",
+                                  problems=exc.problems).response()
+            except (ValueError, RegistryError) as exc:
+                return AdminError(422, "reload_failed", f"the reload was refused: {exc}").response()
+        logger.info("admin %s reloaded the config", self._who(request))
+        return JSONResponse({"reloaded": path, **summary})
+
+
+def admin_routes(gateway: Gateway) -> list[BaseRoute]:
+    """The admin API's routes (none when `admin:` configures no keys and no groups)."""
+    config = AdminConfig.model_validate(gateway.config.admin)
+    if not config.enabled:
+        return []
+    if config.groups and getattr(gateway, "auth", None) is None and not config.keys:
+        logger.warning("admin.groups is set but auth is off: nobody can use the admin API")
+    return [Mount(config.path, app=AdminAPI(gateway))]
