@@ -439,3 +439,13 @@ def test_collision_at_start_names_both_sources(tmp_path: Path) -> None:
         assert any("tool 'echo' is offered by a:echo and b:echo" in c for c in gw.health()["collisions"])
         names = anyio.run(_tools, gw.mcp)
         assert names.count("echo") == 1
+
+
+async def test_legacy_sse_downstream(stack: dict[str, Any]) -> None:
+    from mcp.client.sse import sse_client
+
+    gw: RunningGateway = stack["gw"]
+    async with Client(sse_client(f"{gw.url}/mcp/time/sse"), mode="legacy") as client:
+        assert sorted(t.name for t in (await client.list_tools()).tools) == ["convert_time", "get_current_time"]
+        r = await client.call_tool("get_current_time", {"timezone": "UTC"})
+        assert not r.is_error and "UTC" in r.content[0].text

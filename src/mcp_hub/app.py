@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
@@ -75,6 +76,7 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
         endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
         endpoint = protect(endpoint, route.path)
         routes.append(Route(route.path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
+        routes.extend(_sse_routes(route.path, route.server, security, config.listen.max_request_body, protect))
     routes.extend(_auth_routes(gateway))
 
     async def healthz(request: Request) -> Response:
@@ -113,6 +115,22 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
                 tg.cancel_scope.cancel()
 
     return Starlette(routes=routes, lifespan=lifespan, middleware=[])
+
+
+def _sse_routes(
+    path: str, server: Any, security: TransportSecuritySettings | None, max_body: int, protect: Any
+) -> list[BaseRoute]:
+    """The legacy HTTP+SSE transport (2024-11-05 clients): GET {path}/sse, POST {path}/messages/."""
+    transport = SseServerTransport(f"{path}/messages/", security_settings=security, max_request_body_size=max_body)
+
+    async def connect(scope: Scope, receive: Receive, send: Send) -> None:
+        async with transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
+            await server.run(read_stream, write_stream, server.create_initialization_options())
+
+    return [
+        Route(f"{path}/sse", endpoint=protect(connect, path), methods=["GET"]),
+        Route(f"{path}/messages/", endpoint=protect(transport.handle_post_message, path), methods=["POST"]),
+    ]
 
 
 def _auth_wrapper(gateway: Gateway) -> Any:
