@@ -1,0 +1,289 @@
+"""Upstream credentials: the configured auth, matched to the document's security schemes, applied to requests.
+
+One small interface, `Credential.apply(spec, client)`, with an implementation per kind of auth.
+Secrets live in `SecretStr` and are revealed only when written into a request; `secrets()` lists
+them so error messages can be scrubbed.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus, urljoin
+
+import anyio
+import httpx2
+from openapi_pydantic.v3.v3_1 import SecurityScheme
+from pydantic import SecretStr
+
+from mcp_hub.upstreams.openapi.config import (
+    ApiKeyAuth,
+    BasicAuth,
+    BearerAuth,
+    ConfigError,
+    OAuth2ClientCredentialsAuth,
+    UpstreamAuth,
+)
+from mcp_hub.upstreams.openapi.request import RequestSpec
+
+# Refresh a cached token this many seconds before it expires (at most half its lifetime).
+TOKEN_LEEWAY = 30.0
+
+
+class CredentialError(Exception):
+    """The credential could not be obtained (e.g. the token endpoint refused); never holds a secret."""
+
+
+class Credential(ABC):
+    """Adds authentication to an outgoing request."""
+
+    @abstractmethod
+    async def apply(self, spec: RequestSpec, client: httpx2.AsyncClient) -> None:
+        """Write the credential into `spec` (headers, query or cookies)."""
+
+    def invalidate(self) -> None:
+        """Forget any cached token (the upstream answered 401)."""
+        return None
+
+    @abstractmethod
+    def secrets(self) -> tuple[str, ...]:
+        """Secret values to scrub from messages."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(<hidden>)"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ApiKeyCredential(Credential):
+    """An API key in a header, query parameter or cookie."""
+
+    location: str
+    name: str
+    value: SecretStr
+
+    async def apply(self, spec: RequestSpec, client: httpx2.AsyncClient) -> None:
+        secret = self.value.get_secret_value()
+        if self.location == "header":
+            spec.headers[self.name] = secret
+        elif self.location == "query":
+            spec.query.append(f"{quote(self.name, safe='')}={quote(secret, safe='')}")
+        else:
+            spec.cookies.append((self.name, quote(secret, safe="")))
+
+    def secrets(self) -> tuple[str, ...]:
+        secret = self.value.get_secret_value()
+        return (secret, quote(secret, safe=""))
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class StaticHeaderCredential(Credential):
+    """A fixed `Authorization` header (bearer token or HTTP Basic)."""
+
+    value: SecretStr
+    raw: tuple[SecretStr, ...] = ()
+
+    async def apply(self, spec: RequestSpec, client: httpx2.AsyncClient) -> None:
+        spec.headers["Authorization"] = self.value.get_secret_value()
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self.value.get_secret_value(), *(s.get_secret_value() for s in self.raw))
+
+
+class OAuth2ClientCredentials(Credential):
+    """OAuth 2.0 client credentials grant with a cached access token.
+
+    The token is fetched on first use, reused until `TOKEN_LEEWAY` seconds before `expires_in`
+    runs out (or until the upstream answers 401 when the server gives no lifetime), and fetched
+    again by one caller at a time.
+    """
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: SecretStr,
+        *,
+        scopes: Iterable[str] = (),
+        audience: str | None = None,
+        auth_method: str = "client_secret_basic",
+        timeout: float = 30.0,
+    ) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self._secret = client_secret
+        self.scopes = tuple(scopes)
+        self.audience = audience
+        self.auth_method = auth_method
+        self.timeout = timeout
+        self._token: SecretStr | None = None
+        self._expires_at = 0.0
+        self._lock = anyio.Lock()
+        self.fetches = 0  # how many tokens were fetched (observability, tests)
+
+    def _valid(self) -> bool:
+        return self._token is not None and time.monotonic() < self._expires_at
+
+    async def token(self, client: httpx2.AsyncClient) -> SecretStr:
+        """A valid access token, from the cache or the token endpoint."""
+        if self._valid():
+            assert self._token is not None
+            return self._token
+        async with self._lock:
+            if not self._valid():  # another caller may have refreshed it while we waited
+                await self._fetch(client)
+            assert self._token is not None
+            return self._token
+
+    async def _fetch(self, client: httpx2.AsyncClient) -> None:
+        data = {"grant_type": "client_credentials"}
+        if self.scopes:
+            data["scope"] = " ".join(self.scopes)
+        if self.audience:
+            data["audience"] = self.audience
+        headers = {"Accept": "application/json"}
+        secret = self._secret.get_secret_value()
+        if self.auth_method == "client_secret_post":
+            data["client_id"] = self.client_id
+            data["client_secret"] = secret
+        else:
+            # RFC 6749 section 2.3.1: form-encode id and secret before Basic encoding.
+            pair = f"{quote_plus(self.client_id)}:{quote_plus(secret)}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        try:
+            with anyio.fail_after(self.timeout):
+                response = await client.post(self.token_url, data=data, headers=headers, follow_redirects=False)
+        except TimeoutError:
+            raise CredentialError(f"token endpoint {self.token_url} timed out after {self.timeout:g}s") from None
+        except httpx2.HTTPError as exc:
+            raise CredentialError(f"token endpoint {self.token_url} unreachable ({type(exc).__name__})") from None
+        payload: Any
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.status_code != 200 or not isinstance(payload, dict) or not payload.get("access_token"):
+            error = ""
+            if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+                error = f": {payload['error']}"
+                if isinstance(payload.get("error_description"), str):
+                    error += f" ({payload['error_description'][:200]})"
+            raise CredentialError(f"token endpoint {self.token_url} answered HTTP {response.status_code}{error}")
+        self._token = SecretStr(str(payload["access_token"]))
+        self.fetches += 1
+        lifetime = payload.get("expires_in")
+        try:
+            seconds = float(lifetime)
+        except (TypeError, ValueError):
+            seconds = float("inf")  # no lifetime given: keep it until the upstream answers 401
+        self._expires_at = time.monotonic() + seconds - min(TOKEN_LEEWAY, seconds / 2)
+
+    async def apply(self, spec: RequestSpec, client: httpx2.AsyncClient) -> None:
+        token = await self.token(client)
+        spec.headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+
+    def invalidate(self) -> None:
+        self._token = None
+        self._expires_at = 0.0
+
+    def secrets(self) -> tuple[str, ...]:
+        out = [self._secret.get_secret_value()]
+        if self._token is not None:
+            out.append(self._token.get_secret_value())
+        return tuple(out)
+
+
+# -- matching the config to the document -------------------------------------------------------
+
+
+def _schemes(raw: dict[str, dict[str, Any]]) -> dict[str, SecurityScheme]:
+    out = {}
+    for name, scheme in raw.items():
+        try:
+            out[name] = SecurityScheme.model_validate(scheme)
+        except Exception:  # noqa: BLE001 - an invalid scheme is simply not matchable
+            continue
+    return out
+
+
+def _pick(schemes: dict[str, SecurityScheme], wanted: str | None, kinds: tuple[str, ...]) -> SecurityScheme | None:
+    if wanted is not None:
+        if wanted not in schemes:
+            raise ConfigError(f"auth.scheme: the document has no security scheme {wanted!r} "
+                              f"(it has: {', '.join(sorted(schemes)) or 'none'})")
+        if schemes[wanted].type not in kinds:
+            raise ConfigError(f"auth.scheme: security scheme {wanted!r} is of type {schemes[wanted].type!r}, "
+                              f"not {' or '.join(kinds)}")
+        return schemes[wanted]
+    for scheme in schemes.values():
+        if scheme.type in kinds:
+            return scheme
+    return None
+
+
+def token_url_from_document(auth: OAuth2ClientCredentialsAuth, raw_schemes: dict[str, dict[str, Any]],
+                            base_url: str | None) -> str | None:
+    """The token URL of the document's client-credentials flow, when the config gives none."""
+    scheme = _pick(_schemes(raw_schemes), auth.scheme, ("oauth2",))
+    flow = scheme.flows.clientCredentials if scheme is not None and scheme.flows is not None else None
+    if flow is None or not flow.tokenUrl:
+        return None
+    return urljoin(base_url, flow.tokenUrl) if base_url else flow.tokenUrl
+
+
+def build_credential(
+    auth: UpstreamAuth | None,
+    security_schemes: dict[str, dict[str, Any]],
+    *,
+    base_url: str | None,
+    base_dir: Path | None = None,
+    timeout: float = 30.0,
+) -> Credential | None:
+    """The credential for `auth`, completed from the document's security schemes; raises `ConfigError`."""
+    if auth is None:
+        return None
+    schemes = _schemes(security_schemes)
+    if isinstance(auth, ApiKeyAuth):
+        location, name = auth.location, auth.name
+        if location is None or name is None:
+            scheme = _pick(schemes, auth.scheme, ("apiKey",))
+            if scheme is None:
+                raise ConfigError("auth: api_key needs `in` and `name`: the document has no apiKey security scheme")
+            location = location or scheme.security_scheme_in
+            name = name or scheme.name
+        if location not in ("header", "query", "cookie") or not name:
+            raise ConfigError(f"auth: api_key location {location!r} / name {name!r} is not usable")
+        return ApiKeyCredential(location, name, auth.secret(base_dir))
+    if isinstance(auth, BearerAuth):
+        if auth.scheme is not None:
+            _pick(schemes, auth.scheme, ("http", "oauth2", "openIdConnect"))
+        token = auth.secret(base_dir)
+        return StaticHeaderCredential(SecretStr(f"Bearer {token.get_secret_value()}"), (token,))
+    if isinstance(auth, BasicAuth):
+        if auth.scheme is not None:
+            _pick(schemes, auth.scheme, ("http",))
+        password = auth.secret(base_dir)
+        pair = f"{auth.username}:{password.get_secret_value()}".encode()
+        encoded = SecretStr("Basic " + base64.b64encode(pair).decode("ascii"))
+        return StaticHeaderCredential(encoded, (password,))
+    assert isinstance(auth, OAuth2ClientCredentialsAuth)
+    token_url = auth.token_url or token_url_from_document(auth, security_schemes, base_url)
+    if not token_url:
+        raise ConfigError("auth.token_url: not given, and the document has no oauth2 clientCredentials flow")
+    if not token_url.startswith(("http://", "https://")):
+        raise ConfigError(f"auth.token_url: {token_url!r} is not an http(s) URL")
+    return OAuth2ClientCredentials(
+        token_url, auth.client_id, auth.secret(base_dir), scopes=auth.scopes, audience=auth.audience,
+        auth_method=auth.token_auth_method, timeout=timeout,
+    )
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret value replaced by `***`."""
+    for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
