@@ -32,7 +32,8 @@ from mcp.shared.subscriptions import (
     ResourceUpdated,
     ToolsListChanged,
 )
-from mcp_types import LOG_LEVEL_META_KEY
+from mcp_types import LOG_LEVEL_META_KEY, SERVER_INFO_META_KEY
+from mcp_types import methods as _methods
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_hub import __version__
@@ -191,6 +192,7 @@ class Gateway:
         self.upstreams: dict[str, Upstream] = self._upstream_factory(config)
         self._scopes: dict[str, anyio.CancelScope] = {}
         self.relay = Relay()
+        self._wire_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._version = 0
         self.routes: dict[str, Route] = {}
         self.collisions: list[str] = []
@@ -597,9 +599,48 @@ class Gateway:
             on_subscriptions_listen=listen,
         )
         server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
-        # The SDK's default OpenTelemetry middleware costs ~10% of a relayed call even with no exporter.
-        server.middleware = []
+        # The SDK's default OpenTelemetry middleware costs ~10% of a relayed call even with no exporter;
+        # in its place, listings served from a cache of their wire form.
+        server.middleware = [self._listing_cache(route, server, track)]
         return server
+
+    def _listing_cache(self, route: Route, server: Server[Any], track: Callable[..., Consumer]) -> Any:
+        """Serve tools/prompts/resources listings from their serialized form, built once per catalog
+        version, group set and protocol version (the SDK would otherwise dump and re-validate every
+        item on every request: ~0.3 s for 5,000 tools)."""
+        gw = self
+        visible = {
+            "tools/list": (types.ListToolsResult, "tools", gw.visible_tools),
+            "prompts/list": (types.ListPromptsResult, "prompts", gw.visible_prompts),
+            "resources/list": (types.ListResourcesResult, "resources", gw.visible_resources),
+        }
+
+        async def middleware(ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
+            spec = visible.get(ctx.method)
+            connection = _connection(ctx)
+            if spec is None or ctx.request_id is None or connection is None or not connection.initialize_accepted:
+                return await call_next(ctx)
+            consumer = track(ctx)
+            await gw._prepare(route, ctx, consumer)
+            view = route.view
+            version = ctx.protocol_version
+            key = (id(view), view.version, ctx.method, consumer.group_key, version)
+            wire = gw._wire_cache.get(key)
+            if wire is None:
+                model, field_name, pick = spec
+                dumped = model(**{field_name: pick(view, consumer)}).model_dump(
+                    by_alias=True, mode="json", exclude_none=True
+                )
+                wire = _methods.serialize_server_result(ctx.method, version, dumped)
+                if len(gw._wire_cache) > 1024:
+                    gw._wire_cache = {k: v for k, v in gw._wire_cache.items() if k[1] == view.version}
+                gw._wire_cache[key] = wire
+            result = dict(wire)
+            if version in MODERN_PROTOCOL_VERSIONS:
+                result["_meta"] = {**(result.get("_meta") or {}), SERVER_INFO_META_KEY: server.server_info_stamp}
+            return result
+
+        return middleware
 
     async def _prepare(self, route: Route, ctx: ServerRequestContext[Any, Any], consumer: Consumer) -> None:
         """Let per-consumer upstreams open this caller's session, so the listing knows their items."""
