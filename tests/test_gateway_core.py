@@ -449,3 +449,36 @@ async def test_legacy_sse_downstream(stack: dict[str, Any]) -> None:
         assert sorted(t.name for t in (await client.list_tools()).tools) == ["convert_time", "get_current_time"]
         r = await client.call_tool("get_current_time", {"timezone": "UTC"})
         assert not r.is_error and "UTC" in r.content[0].text
+
+
+@pytest.mark.parametrize("version", ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"])
+def test_every_handshake_revision_downstream(stack: dict[str, Any], version: str) -> None:
+    """Raw Streamable HTTP at each handshake-era revision: initialize, tools/list, tools/call."""
+    import json as _json
+
+    gw: RunningGateway = stack["gw"]
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+    def rpc(http: httpx2.Client, body: dict[str, Any]) -> dict[str, Any]:
+        r = http.post(gw.mcp, json=body, headers=headers)
+        assert r.status_code == 200, r.text
+        text = r.text
+        if text.lstrip().startswith("{"):
+            return _json.loads(text)
+        data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+        return _json.loads(data[-1])
+
+    with httpx2.Client(timeout=30) as http:
+        init = http.post(gw.mcp, headers=headers, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})
+        assert init.status_code == 200
+        headers["Mcp-Session-Id"] = init.headers["mcp-session-id"]
+        headers["Mcp-Protocol-Version"] = version
+        assert f'"protocolVersion":"{version}"' in init.text.replace(" ", "")
+        http.post(gw.mcp, headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        tools = rpc(http, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"})["result"]["tools"]
+        assert any(t["name"] == "remote__echo" for t in tools)
+        result = rpc(http, {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                            "params": {"name": "remote__echo", "arguments": {"text": version}}})["result"]
+        assert result["content"][0]["text"] == version
