@@ -164,9 +164,10 @@ def consumer_for(gateway: Gateway, name: str | None, groups: list[str]) -> Consu
     if name is None and not groups:
         return gateway.default_consumer
     static: list[str] = []
-    auth = getattr(gateway, "auth", None)
-    if name is not None and auth is not None:
-        static = list(auth.config.static_groups.get(name, ()))
+    if name is not None:
+        from mcp_hub.auth.config import AuthConfig
+
+        static = list(AuthConfig.model_validate(gateway.config.auth).static_groups.get(name, ()))
     merged = tuple(dict.fromkeys([*groups, *static]))
     return Consumer(name=name or "anonymous", groups=merged)
 
