@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -71,6 +72,16 @@ def test_every_example_loads_and_is_tested(monkeypatch: pytest.MonkeyPatch) -> N
     for name in sorted(found):
         config = load_config(EXAMPLES / name)
         assert config.upstreams or config.openapi, name
+
+
+def test_configuration_reference_is_current() -> None:
+    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_reference.py"), "--check"],
+                           capture_output=True, text=True, cwd=ROOT)
+    assert check.returncode == 0, check.stderr
+    assert "has no description" not in check.stderr, check.stderr  # every key is explained
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    for key in ("`allowed_base_urls`", "`groups_claim`", "`stateless`", "`per_1k_tokens`", "`value_env`"):
+        assert key in text
 
 
 async def test_quickstart(tmp_path: Path) -> None:
