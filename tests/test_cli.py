@@ -176,13 +176,20 @@ def test_openapi_add_list_remove(tmp_path: Path) -> None:
         with run_gateway(cfg, tmp_path, wait_healthy=True) as gw:
             env = {"MCP_HUB_ADMIN_KEY": ADMIN_KEY}
             added = cli("openapi", "add", "inventory", str(DOCUMENT), "--base-url", api, "--prefix", "inv",
-                        "--url", gw.url, env=env)
+                        "--route", "/mcp/time", "--url", gw.url, env=env)
             assert added.returncode == 0, added.stderr
             assert added.stdout.startswith("registered inventory: 4 tools (inv__listItems, ")
             listed = cli("openapi", "list", "--url", gw.url, env=env)
             assert re.search(r"^inventory\s+up\s+4\s+\(inline document\)\s+" + re.escape(api), listed.stdout, re.M)
-            tools = json.loads(cli("tools", "--url", gw.url, "-g", "admin", "--json", env=env).stdout)
+            tools = json.loads(cli("tools", "--url", gw.url, "-g", "admin", "--route", "all", "--json", env=env).stdout)
             assert "inv__getItem" in {t["name"] for t in tools["routes"]["/mcp"]["tools"]}
+            # also on the virtual server it asked for (unprefixed there, like the route's other upstreams)
+            assert "getItem" in {t["name"] for t in tools["routes"]["/mcp/time"]["tools"]}
+            # a reload rebuilds the routes from the config and keeps the registration's route
+            assert cli("reload", "--url", gw.url, env=env).returncode == 0
+            after = json.loads(cli("tools", "--url", gw.url, "-g", "admin", "--route", "/mcp/time", "--json",
+                                   env=env).stdout)
+            assert "getItem" in {t["name"] for t in after["routes"]["/mcp/time"]["tools"]}
             again = cli("openapi", "add", "inventory", f"{api}/openapi.yaml", "--base-url", api, "--url", gw.url, env=env)
             assert again.returncode == 1 and "exists already" in again.stderr
             assert cli("openapi", "remove", "inventory", "--url", gw.url, env=env).stdout == "removed inventory\n"

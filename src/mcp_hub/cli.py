@@ -476,7 +476,11 @@ def cmd_openapi_add(args: argparse.Namespace) -> int:
             body[key] = value
     if args.route:
         body["routes"] = args.route
-    result = _admin(args).request("POST", "openapi", body=body)
+    client = _admin(args)
+    # The gateway fetches and converts the document before it answers: large ones take a while.
+    with Progress(f"registering {args.name}") as progress:
+        result = client.request("POST", "openapi", body=body)
+        progress.done(f"registered {args.name}")
     if args.json:
         _print_json(result)
         return 0
