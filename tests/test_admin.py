@@ -4,6 +4,7 @@ registrations that reach connected clients and survive restarts (file store and 
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,3 +259,56 @@ def test_admin_off_without_keys_or_groups(api: str, tmp_path: Path) -> None:
     del cfg["admin"]
     with run_gateway(cfg, tmp_path) as gw:
         assert admin(gw, "GET", "upstreams").status_code == 404
+
+
+async def test_url_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from mcp_hub.admin import AdminError, check_url
+
+    def resolve(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        address = {"metadata.internal": "169.254.169.254", "api.example.com": "93.184.216.34"}[host]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, 443))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    await check_url("https://api.example.com/v1/items", ["https://api.example.com/v1"], "base_url")
+    for url, prefixes, status in [
+        ("https://api.example.com/v10", ["https://api.example.com/v1"], 403),  # a segment boundary, not a string prefix
+        ("http://api.example.com/v1", ["https://api.example.com/v1"], 403),  # another scheme
+        ("https://api.example.com:8443/v1", ["https://api.example.com/v1"], 403),  # another port
+        ("http://metadata.internal/latest", ["http://metadata.internal"], 403),  # resolves to link-local
+        ("https://u:p@api.example.com/v1", ["https://api.example.com"], 422),
+        ("ftp://api.example.com/v1", ["https://api.example.com"], 422),
+    ]:
+        with pytest.raises(AdminError) as refused:
+            await check_url(url, prefixes, "base_url")
+        assert refused.value.status == status, url
+        assert "u:p@" not in refused.value.message
+    # a loopback or link-local host named literally by the operator is allowed on purpose
+    await check_url("http://169.254.169.254/latest", ["http://169.254.169.254"], "base_url")
+    await check_url("http://localhost:9000/api", ["http://localhost:9000"], "base_url")
+
+
+def test_file_store_round_trip_and_bad_entries(tmp_path: Path) -> None:
+    from mcp_hub.registry import FileStore, open_store
+
+    store = open_store(None, config_path=tmp_path / "hub.yaml")
+    assert isinstance(store, FileStore) and store.path == tmp_path / "hub.registrations.json"
+    assert anyio.run(store.load) == [] and not list(tmp_path.iterdir())  # reading creates nothing
+    anyio.run(_round_trip, store)
+    assert open_store("memory://").describe() == "memory://"
+    assert open_store("redis://:hunter2@127.0.0.1:6379/0").describe().startswith("redis://:***@127.0.0.1")
+
+
+async def _round_trip(store: Any) -> None:
+    from mcp_hub.registry import Registration
+
+    first = Registration(name="a", spec="https://x.example/openapi.json", created_at=1)
+    await store.save(first)
+    await store.save(Registration(name="b", document={"openapi": "3.0.0"}, prefix="", created_at=2))
+    data = json.loads(await anyio.Path(store.path).read_text())
+    data["registrations"]["broken"] = {"name": "broken"}  # neither spec nor document
+    await anyio.Path(store.path).write_text(json.dumps(data))
+    assert [r.name for r in await store.load()] == ["a", "b"]
+    assert await store.delete("a") and not await store.delete("a")
+    assert [r.name for r in await store.load()] == ["b"]
