@@ -118,24 +118,8 @@ def build_view(
     """
     view = CatalogView(version=version)
     for upstream, prefix, catalog in catalogs:
-        for tool in catalog.tools:
-            name = exposed_name(prefix, separator, tool.name)
-            if name in view.tools:
-                other = view.tools[name][1]
-                view.collisions.append(
-                    f"tool {name!r} is offered by {other.upstream}:{other.original} and {upstream}:{tool.name}"
-                )
-                continue
-            view.tools[name] = (_copy_named(tool, name), Source(upstream, tool.name))
-        for prompt in catalog.prompts:
-            name = exposed_name(prefix, separator, prompt.name)
-            if name in view.prompts:
-                other = view.prompts[name][1]
-                view.collisions.append(
-                    f"prompt {name!r} is offered by {other.upstream}:{other.original} and {upstream}:{prompt.name}"
-                )
-                continue
-            view.prompts[name] = (_copy_named(prompt, name), Source(upstream, prompt.name))
+        _add_named(view, view.tools, "tool", catalog.tools, upstream, prefix, separator)
+        _add_named(view, view.prompts, "prompt", catalog.prompts, upstream, prefix, separator)
         for template in catalog.resource_templates:
             try:
                 compiled: UriTemplate | None = UriTemplate.parse(template.uri_template)
@@ -163,6 +147,27 @@ def build_view(
     view.resource_list = [r for r, _ in view.resources.values()]
     view.template_list = [t for t, _, _ in view.templates]
     return view
+
+
+def _add_named(
+    view: CatalogView,
+    index: dict[str, tuple[Any, Source]],
+    kind: str,
+    items: Iterable[Any],
+    upstream: str,
+    prefix: str,
+    separator: str,
+) -> None:
+    """Add an upstream's tools or prompts under their exposed names; a taken name is a collision."""
+    for item in items:
+        name = exposed_name(prefix, separator, item.name)
+        if name in index:
+            other = index[name][1]
+            view.collisions.append(
+                f"{kind} {name!r} is offered by {other.upstream}:{other.original} and {upstream}:{item.name}"
+            )
+            continue
+        index[name] = (_copy_named(item, name), Source(upstream, item.name))
 
 
 def names(items: Iterable[Any]) -> list[str]:

@@ -209,10 +209,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> list[str]
 
 
 def _policy_keys() -> set[str]:
-    try:
-        from mcp_hub.policy.models import PolicyConfig
-    except ImportError:  # policy package not built yet
-        return {"default_acl", "groups", "consumers", "costs", "cost_unit", "storage", "fail_open"}
+    from mcp_hub.policy.models import PolicyConfig
+
     return set(PolicyConfig.model_fields)
 
 
@@ -239,42 +237,25 @@ def parse_config(raw: Any, *, source: str | None = None, base_dir: Path | None =
 
 
 def validate_sections(config: GatewayConfig) -> list[str]:
-    """Validate the sections owned by other modules (policy, auth, openapi) with their own models."""
+    """Validate the sections owned by other modules (policy, auth, admin, openapi) with their own models."""
+    # Imported here: those modules import this one.
+    from mcp_hub.admin import AdminConfig
+    from mcp_hub.auth.config import AuthConfig
+    from mcp_hub.policy.models import PolicyConfig
+    from mcp_hub.upstreams.openapi.config import OpenAPIUpstreamConfig
+
+    sections: list[tuple[type[BaseModel], Any, str]] = [
+        (PolicyConfig, config.policy, ""),
+        (AuthConfig, config.auth, "auth"),
+        (AdminConfig, config.admin, "admin"),
+        *((OpenAPIUpstreamConfig, entry, f"openapi.{name}") for name, entry in config.openapi.items()),
+    ]
     problems: list[str] = []
-    try:
-        from mcp_hub.policy.models import PolicyConfig
-
-        PolicyConfig.model_validate(config.policy)
-    except ImportError:
-        pass
-    except ValidationError as exc:
-        problems += format_validation_error(exc)
-    try:
-        from mcp_hub.auth.config import AuthConfig
-
-        AuthConfig.model_validate(config.auth)
-    except ImportError:
-        pass
-    except ValidationError as exc:
-        problems += format_validation_error(exc, "auth")
-    try:
-        from mcp_hub.admin import AdminConfig
-
-        AdminConfig.model_validate(config.admin)
-    except ImportError:
-        pass
-    except ValidationError as exc:
-        problems += format_validation_error(exc, "admin")
-    try:
-        from mcp_hub.upstreams.openapi.config import OpenAPIUpstreamConfig
-
-        for name, entry in config.openapi.items():
-            try:
-                OpenAPIUpstreamConfig.model_validate(entry)
-            except ValidationError as exc:
-                problems += format_validation_error(exc, f"openapi.{name}")
-    except ImportError:
-        pass
+    for model, data, prefix in sections:
+        try:
+            model.model_validate(data)
+        except ValidationError as exc:
+            problems += format_validation_error(exc, prefix)
     return problems
 
 

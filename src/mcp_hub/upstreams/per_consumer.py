@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx2
@@ -27,6 +27,7 @@ from mcp_hub.upstreams.base import CallContext, Upstream, UpstreamCatalog, Upstr
 from mcp_hub.upstreams.mcp import McpUpstream, McpUpstreamConfig
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -173,34 +174,22 @@ class PerConsumerUpstream(Upstream):
             except UpstreamUnavailable as exc:
                 logger.info("%s", exc)
 
-    async def _in_session(self, ctx: CallContext) -> McpUpstream:
+    async def _with_session(self, ctx: CallContext, send: Callable[[McpUpstream], Awaitable[T]]) -> T:
+        """Run `send` on the caller's session, which is kept open while in use."""
         upstream = await self.session_for(ctx)
-        self._sessions[ctx.consumer.name].in_use += 1
-        return upstream
-
-    def _release(self, ctx: CallContext) -> None:
-        session = self._sessions.get(ctx.consumer.name)
-        if session is not None:
+        session = self._sessions[ctx.consumer.name]
+        session.in_use += 1
+        try:
+            return await send(upstream)
+        finally:
             session.in_use -= 1
             session.last_used = time.monotonic()
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> types.CallToolResult:
-        upstream = await self._in_session(ctx)
-        try:
-            return await upstream.call_tool(name, arguments, ctx)
-        finally:
-            self._release(ctx)
+        return await self._with_session(ctx, lambda up: up.call_tool(name, arguments, ctx))
 
     async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult:
-        upstream = await self._in_session(ctx)
-        try:
-            return await upstream.read_resource(uri, ctx)
-        finally:
-            self._release(ctx)
+        return await self._with_session(ctx, lambda up: up.read_resource(uri, ctx))
 
     async def get_prompt(self, name: str, arguments: dict[str, str] | None, ctx: CallContext) -> types.GetPromptResult:
-        upstream = await self._in_session(ctx)
-        try:
-            return await upstream.get_prompt(name, arguments, ctx)
-        finally:
-            self._release(ctx)
+        return await self._with_session(ctx, lambda up: up.get_prompt(name, arguments, ctx))
