@@ -99,19 +99,25 @@ def test_tools_from_a_config(config_file: Path) -> None:
     assert as_json["upstreams"] == {"time": "up", "tiny": "up"}
 
 
-def test_explain_from_a_config(config_file: Path) -> None:
-    denied = cli("explain", "time__convert_time", "-c", str(config_file), "-g", "developer")
-    assert denied.returncode == 1
-    assert "denied" in denied.stdout.splitlines()[0]
-    assert "rule:   groups.developer.tools.deny[0]: time__convert_time" in denied.stdout
-    allowed = cli("explain", "time__get_current_time", "-c", str(config_file), "-g", "developer", "--json")
-    result = json.loads(allowed.stdout)
-    assert allowed.returncode == 0 and result["allowed"] and result["rule"] == "upstream_acl.time: allow"
+def test_explain_from_a_config(config_file: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # in-process through main(), to spare an interpreter start per question (capfd: stdio upstreams
+    # inherit the real stderr)
+    def explain(*args: str) -> tuple[int, str]:
+        code = main(["explain", *args, "-c", str(config_file), "-g", "developer"])
+        return code, capfd.readouterr().out
+
+    code, denied = explain("time__convert_time")
+    assert code == 1
+    assert "denied" in denied.splitlines()[0]
+    assert "rule:   groups.developer.tools.deny[0]: time__convert_time" in denied
+    code, allowed = explain("time__get_current_time", "--json")
+    result = json.loads(allowed)
+    assert code == 0 and result["allowed"] and result["rule"] == "upstream_acl.time: allow"
     assert result["limits"] == ["groups.developer.budgets[0]: 5000 tokens per 1 hour"]
-    unknown = cli("explain", "tiny__eho", "-c", str(config_file), "-g", "developer")
-    assert unknown.returncode == 1 and "did you mean tiny__echo" in unknown.stdout
-    route = cli("explain", "convert_time", "--route", "/mcp/time", "-c", str(config_file), "-g", "developer")
-    assert route.returncode == 1 and "groups.developer.tools.deny[1]: convert_time" in route.stdout
+    code, unknown = explain("tiny__eho")
+    assert code == 1 and "did you mean tiny__echo" in unknown
+    code, route = explain("convert_time", "--route", "/mcp/time")
+    assert code == 1 and "groups.developer.tools.deny[1]: convert_time" in route
 
 
 def test_tools_and_explain_from_a_running_gateway(gw: RunningGateway, config_file: Path) -> None:

@@ -267,8 +267,9 @@ def _who(consumer: dict[str, Any]) -> str:
     return f"consumer {consumer['name']}, groups {groups}"
 
 
-def print_catalog(catalog: dict[str, Any], out: TextIO = sys.stdout) -> None:
+def print_catalog(catalog: dict[str, Any], out: TextIO | None = None) -> None:
     """A catalog (as `admin.catalog_for` builds it) as tables, one section per route."""
+    out = out or sys.stdout  # looked up per call: tests and callers may swap stdout
     for path, route in catalog["routes"].items():
         totals = route["totals"]
         print(f"{path} ({_who(catalog['consumer'])}): {len(route['tools'])} of {totals['tools']} tools, "
@@ -290,8 +291,9 @@ def print_catalog(catalog: dict[str, Any], out: TextIO = sys.stdout) -> None:
         print("not up (their items are missing above): " + ", ".join(f"{n} ({s})" for n, s in down.items()), file=out)
 
 
-def print_explanation(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
+def print_explanation(result: dict[str, Any], out: TextIO | None = None) -> None:
     """An explain answer in words."""
+    out = out or sys.stdout
     verdict = "allowed" if result["allowed"] else "denied"
     where = f" (upstream {result['upstream']})" if result.get("upstream") else ""
     print(f"{result['kind']} {result['name']} on {result['route']}{where} for {_who(result['consumer'])}: {verdict}",
