@@ -142,9 +142,11 @@ async def reload_checked(gateway: Gateway, path: str | Path) -> dict[str, list[s
     if registry is None:
         summary = await gateway.reload(config)
     else:
-        admin = _admin_config(config)
-        if admin.registry != _admin_config(gateway.config).registry:
+        admin, old_admin = _admin_config(config), _admin_config(gateway.config)
+        if admin.registry != old_admin.registry:
             restart.append("admin.registry")  # the store is opened once per process
+        if admin.path != old_admin.path or admin.enabled != old_admin.enabled:
+            restart.append("admin.path")  # the admin API is mounted once, at start
         saved = (dict(registry.registrations), registry.allowed_base_urls)
         try:
             await registry.load()  # other replicas may have registered or removed APIs meanwhile
