@@ -13,7 +13,12 @@ from mcp_hub.upstreams.openapi.convert import (
     sanitize_tool_name,
 )
 from mcp_hub.upstreams.openapi.refs import DocumentError, RefError
-from mcp_hub.upstreams.openapi.upstream import OpenAPIUpstream, convert_source, inspect_document
+from mcp_hub.upstreams.openapi.upstream import (
+    OpenAPIUpstream,
+    build_openapi_upstream,
+    convert_source,
+    inspect_document,
+)
 
 __all__ = [
     "ConfigError",
@@ -25,6 +30,7 @@ __all__ = [
     "OperationSelector",
     "RefError",
     "SkippedOperation",
+    "build_openapi_upstream",
     "convert_document",
     "convert_source",
     "inspect_document",

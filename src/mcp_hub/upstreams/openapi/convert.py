@@ -28,8 +28,10 @@ TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # Property names some LLM APIs accept in input schemas (Anthropic's rule).
 ARG_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 MAX_DESCRIPTION = 4000
-# Per OpenAPI, these header parameters are ignored: the client sets them itself.
-IGNORED_HEADERS = frozenset({"accept", "content-type", "authorization"})
+# Per OpenAPI, Accept, Content-Type and Authorization parameters are ignored; the HTTP client owns
+# the framing headers, and a wrong Content-Length from a caller would break the request.
+IGNORED_HEADERS = frozenset({"accept", "content-type", "authorization", "content-length", "host",
+                             "transfer-encoding", "connection"})
 
 Location = Literal["path", "query", "header", "cookie"]
 BodyKind = Literal["json", "form", "multipart", "text", "binary"]
@@ -57,6 +59,8 @@ class PartEncoding:
     content_type: str | None = None
     style: str = "form"
     explode: bool = True
+    # Whether the document set `style`/`explode` itself (multipart honours them only then).
+    declared_style: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,6 +580,7 @@ class DocumentConverter:
                 content_type=enc.get("contentType") if isinstance(enc.get("contentType"), str) else None,
                 style=style,
                 explode=explode if isinstance(explode, bool) else style == "form",
+                declared_style=isinstance(enc.get("style"), str) or isinstance(explode, bool),
             )
         return out
 

@@ -242,20 +242,45 @@ def _deep_pairs(prefix: str, value: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _multipart(body: BodyBinding, value: dict[str, Any]) -> list[tuple[str, tuple[str | None, bytes, str | None]]]:
     parts: list[tuple[str, tuple[str | None, bytes, str | None]]] = []
+
+    def text(name: str, item: Any, content_type: str | None = None) -> None:
+        parts.append((name, (None, scalar(item).encode(), content_type)))
+
     for key, item in value.items():
         enc = body.encoding.get(key)
         declared = enc.content_type.split(",")[0].strip() if enc and enc.content_type else None
+        # OpenAPI 3.1.1 lets `style` apply to multipart too; without one, objects travel as JSON parts.
+        styled = enc is not None and enc.declared_style and not (declared and "json" in declared)
         if item is None:
             continue
         if key in body.binary_fields:
             for one in item if isinstance(item, list) else [item]:
                 parts.append((key, (key, _b64(key, one), declared or "application/octet-stream")))
+        elif styled and isinstance(item, dict):
+            assert enc is not None
+            if enc.style == "deepObject":
+                for name, part in _deep_pairs(key, item):
+                    text(name, part)
+            elif enc.explode:
+                for name, part in item.items():
+                    text(str(name), part)
+            else:
+                text(key, ",".join(f"{k},{scalar(v)}" for k, v in item.items()))
+        elif styled and isinstance(item, list):
+            assert enc is not None
+            if enc.explode and enc.style == "form":
+                for one in item:
+                    text(key, one)
+            else:
+                sep = {"spaceDelimited": " ", "pipeDelimited": "|"}.get(enc.style, ",")
+                text(key, sep.join(scalar(v) for v in item))
         elif isinstance(item, dict) or (isinstance(item, list) and declared and "json" in declared):
             parts.append((key, (None, json.dumps(item, separators=(",", ":")).encode(), declared or "application/json")))
         elif isinstance(item, list):
-            parts.extend((key, (None, scalar(v).encode(), declared)) for v in item)
+            for one in item:
+                text(key, one, declared)
         else:
-            parts.append((key, (None, scalar(item).encode(), declared)))
+            text(key, item, declared)
     return parts
 
 
@@ -310,8 +335,12 @@ def build_request(binding: OperationBinding, arguments: dict[str, Any], base_url
             spec.cookies.append((param.name, _cookie_value(param, value)))
     if binding.body is not None:
         _apply_body(spec, binding.body, arguments)
-    spec.url = base_url.rstrip("/") + build_path(binding.path if binding.path.startswith("/") else "/" + binding.path,
-                                                 path_values)
+    # Some documents write a fixed query ("/search?kind=user") or a disambiguating fragment
+    # ("/pets#v2") into a path key: the fragment is never sent, the fixed query is.
+    template, _, fixed_query = binding.path.split("#", 1)[0].partition("?")
+    if fixed_query:
+        spec.query[:0] = [part for part in fixed_query.split("&") if part]
+    spec.url = base_url.rstrip("/") + build_path(template if template.startswith("/") else "/" + template, path_values)
     return spec
 
 

@@ -113,6 +113,8 @@ class OpenAPIUpstream(Upstream):
     ) -> None:
         super().__init__(name)
         self.config = config
+        # The gateway applies prefixes; None lets it use its own default for this upstream.
+        self.prefix: str | None = config.prefix
         self.base_dir = base_dir
         self.allowed_base_urls = allowed_base_urls
         self.skipped: list[SkippedOperation] = []
@@ -214,6 +216,11 @@ class OpenAPIUpstream(Upstream):
 
     # -- calls -------------------------------------------------------------------------------
 
+    @property
+    def http_client(self) -> httpx2.AsyncClient | None:
+        """The upstream's HTTP client while it runs (e.g. to add event hooks for metrics)."""
+        return self._client
+
     def binding(self, name: str) -> OperationBinding | None:
         """What tool `name` calls (method, path, parameters), if it exists."""
         return self._bindings.get(name)
@@ -291,3 +298,16 @@ class OpenAPIUpstream(Upstream):
             timeout=timeout if math.isfinite(timeout) else None,
         )
         return await client.send(request)
+
+
+def build_openapi_upstream(
+    name: str,
+    config: OpenAPIUpstreamConfig | dict[str, Any],
+    *,
+    base_dir: Path | None = None,
+    allowed_base_urls: list[str] | None = None,
+) -> OpenAPIUpstream:
+    """An (unstarted) `OpenAPIUpstream` from a config entry, validated if given as a mapping."""
+    if not isinstance(config, OpenAPIUpstreamConfig):
+        config = OpenAPIUpstreamConfig.model_validate(config)
+    return OpenAPIUpstream(name, config, base_dir=base_dir, allowed_base_urls=allowed_base_urls)
