@@ -102,7 +102,31 @@ class CatalogView:
 
 
 def _copy_named(item: Any, name: str) -> Any:
-    return item if item.name == name else item.model_copy(update={"name": name})
+    update: dict[str, Any] = {} if item.name == name else {"name": name}
+    if isinstance(item, types.Tool):
+        update.update(_schema_fixes(item))
+    return item.model_copy(update=update) if update else item
+
+
+def _schema_fixes(tool: types.Tool) -> dict[str, Any]:
+    """Make a tool's schemas listable: MCP requires both to be objects with `"type": "object"`.
+
+    One upstream's sloppy schema (e.g. an output schema that is only an `allOf`) must not make
+    `tools/list` fail for every client of the route. A schema without a type gets `"type": "object"`
+    (which the tool's arguments and structured results are anyway); an output schema of another
+    type is dropped (its results still arrive as content).
+    """
+    fixes: dict[str, Any] = {}
+    schema = tool.input_schema
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        fixes["input_schema"] = {**(schema if isinstance(schema, dict) else {}), "type": "object"}
+    out = tool.output_schema
+    if out is not None:
+        if not isinstance(out, dict) or out.get("type", "object") != "object":
+            fixes["output_schema"] = None
+        elif "type" not in out:
+            fixes["output_schema"] = {**out, "type": "object"}
+    return fixes
 
 
 def build_view(

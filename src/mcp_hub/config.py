@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -122,6 +130,12 @@ class GatewayConfig(_Model):
     admin: dict[str, Any] = Field(default_factory=dict, description="The admin API (see mcp_hub.admin).")
     # Policy keys (default_acl, groups, ...) sit at the top level; the policy model validates them.
     policy: dict[str, Any] = Field(default_factory=dict, exclude=True)
+    # The folder relative paths in the config (OpenAPI documents) are resolved against.
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:
@@ -230,6 +244,7 @@ def parse_config(raw: Any, *, source: str | None = None, base_dir: Path | None =
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc), source) from None
     config.policy = policy_raw
+    config._base_dir = base_dir
     problems = validate_sections(config)
     if problems:
         raise ConfigError(problems, source)

@@ -38,15 +38,17 @@ def expand_includes(raw: dict[str, Any], *, base_dir: Path | None, source: str |
     includes = raw.get("include") or []
     if not isinstance(includes, list):
         raise ConfigError(["include: must be a list of connector names"], source)
+    included: dict[str, dict[str, Any]] = {"upstreams": {}, "openapi": {}}
     for index, name in enumerate(includes):
         path = connector_path(str(name), base_dir)
         if path is None:
             known = ", ".join(available()) or "none"
             raise ConfigError([f"include[{index}]: no connector named {name!r} (known: {known})"], source)
         data = interpolate(yaml.safe_load(path.read_text()) or {}, f"include[{index}]")
-        for section in ("upstreams", "openapi"):
-            merged = dict(data.get(section) or {})
-            merged.update(raw.get(section) or {})
-            if merged:
-                raw[section] = merged
+        for section, entries in included.items():
+            entries.update(data.get(section) or {})
+    for section, entries in included.items():
+        if entries:
+            # Included connectors in the order given, then the config's own (which win on a name).
+            raw[section] = {**entries, **(raw.get(section) or {})}
     return raw

@@ -841,5 +841,5 @@ def build_upstreams(config: GatewayConfig) -> dict[str, Upstream]:
         from mcp_hub.upstreams.openapi import build_openapi_upstream
 
         for name, raw in config.openapi.items():
-            upstreams[name] = build_openapi_upstream(name, raw)
+            upstreams[name] = build_openapi_upstream(name, raw, base_dir=config.base_dir)
     return upstreams
