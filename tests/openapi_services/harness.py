@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 from jsonschema import Draft202012Validator
 
 from mcp_hub.upstreams.openapi import OpenAPIUpstream, OpenAPIUpstreamConfig
@@ -46,13 +45,6 @@ def echo_service(tmp: Path, env: dict[str, str] | None = None) -> Iterator[Servi
         url = f"http://127.0.0.1:{port}"
         wait_for_http(f"{url}/stats", proc=proc)
         yield Service(url, log)
-
-
-@pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """One echo service per test module."""
-    with echo_service(tmp_path_factory.mktemp("echo")) as service:
-        yield service
 
 
 @contextlib.asynccontextmanager

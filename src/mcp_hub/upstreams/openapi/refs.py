@@ -100,8 +100,10 @@ def fetch_url_sync(url: str, timeout: float = 30.0) -> bytes:
     """GET a document over HTTP(S) (used for `$ref`s to remote files and for `inspect_document`)."""
     import httpx2
 
+    from mcp_hub.upstreams.openapi.http import shared_ssl_context
+
     try:
-        response = httpx2.get(url, timeout=timeout, follow_redirects=True)
+        response = httpx2.get(url, timeout=timeout, follow_redirects=True, verify=shared_ssl_context())
     except httpx2.HTTPError as exc:
         raise DocumentError(f"{url}: cannot fetch ({type(exc).__name__}: {exc})") from None
     if response.status_code != 200:

@@ -23,9 +23,11 @@ from mcp_hub.upstreams.openapi.convert import (
     convert_document,
 )
 from mcp_hub.upstreams.openapi.credentials import Credential, CredentialError, build_credential, redact
+from mcp_hub.upstreams.openapi.http import shared_ssl_context
 from mcp_hub.upstreams.openapi.refs import (
     DocumentError,
     RefResolver,
+    document_name,
     fetch_url_sync,
     is_url,
     load_sync,
@@ -138,7 +140,9 @@ class OpenAPIUpstream(Upstream):
         started = False
         delay = RETRY_INITIAL
         # One client for the upstream's lifetime: building one costs an SSL context (~24 ms CPU).
-        async with httpx2.AsyncClient(timeout=self.config.timeout, follow_redirects=False) as client:
+        async with httpx2.AsyncClient(
+            timeout=self.config.timeout, follow_redirects=False, verify=shared_ssl_context()
+        ) as client:
             self._client = client
             try:
                 while True:
@@ -146,10 +150,9 @@ class OpenAPIUpstream(Upstream):
                     try:
                         await self._load(client)
                     except (DocumentError, ConfigError, OSError) as exc:
-                        self._set_state(UpstreamState.DOWN, f"OpenAPI document {self.config.spec}: {exc}")
+                        self._set_state(UpstreamState.DOWN, self._describe(str(exc)))
                     except Exception as exc:  # noqa: BLE001 - any failure keeps the gateway up
-                        self._set_state(UpstreamState.DOWN,
-                                        f"OpenAPI document {self.config.spec}: {type(exc).__name__}: {exc}")
+                        self._set_state(UpstreamState.DOWN, self._describe(f"{type(exc).__name__}: {exc}"))
                     else:
                         self._set_state(UpstreamState.UP)
                     if not started:
@@ -162,6 +165,14 @@ class OpenAPIUpstream(Upstream):
             finally:
                 self._client = None
                 self._set_state(UpstreamState.STOPPED, self.last_error)
+
+    def _describe(self, problem: str) -> str:
+        """`last_error` text: the document named once, then the problem."""
+        uri = self.spec_uri
+        for name in (document_name(uri), uri, self.config.spec):
+            if problem.startswith(f"{name}: "):
+                problem = problem[len(name) + 2:]
+        return f"OpenAPI document {document_name(uri)}: {problem}"
 
     async def _load(self, client: httpx2.AsyncClient) -> None:
         uri = self.spec_uri
