@@ -362,9 +362,8 @@ class DocumentConverter:
                 continue
             if not isinstance(item, dict):
                 continue
-            for method in HTTP_METHODS:
-                op = item.get(method)
-                if not isinstance(op, dict):
+            for method, op in item.items():  # document order: names of duplicates depend on it
+                if method not in HTTP_METHODS or not isinstance(op, dict):
                     continue
                 op_id = op.get("operationId")
                 found.append(_Operation(method, path, op, item, item_uri, item_uri,

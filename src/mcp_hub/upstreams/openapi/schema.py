@@ -36,7 +36,7 @@ ANNOTATIONS = frozenset({"title", "description", "default", "examples", "depreca
 OUTPUT_KEEP = frozenset(
     {"type", "properties", "items", "prefixItems", "additionalProperties", "patternProperties", "allOf",
      "anyOf", "title", "description", "default", "deprecated", "format", "examples", "contentMediaType",
-     "contentEncoding", "$ref"}
+     "contentEncoding", "readOnly", "writeOnly", "$ref"}
 )
 _NON_NEGATIVE_INT = ("maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties",
                      "maxContains", "minContains")

@@ -142,7 +142,8 @@ def upgrade_swagger2(doc: dict[str, Any]) -> dict[str, Any]:
     base_path = doc.get("basePath", "") or ""
     servers = []
     if host:
-        for scheme in doc.get("schemes") or ["https"]:
+        schemes = [s for s in doc.get("schemes") or ["https"] if s in ("http", "https")] or ["https"]
+        for scheme in sorted(schemes, key=lambda s: s != "https"):  # https first when offered
             servers.append({"url": f"{scheme}://{host}{base_path}"})
     elif base_path:
         servers.append({"url": base_path})

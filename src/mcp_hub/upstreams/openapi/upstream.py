@@ -84,7 +84,7 @@ def convert_source(
     config: OpenAPIUpstreamConfig | None = None,
 ) -> ConvertedDocument:
     """Load (synchronously) and convert a document; the full result, bindings included."""
-    if isinstance(spec, dict):
+    if not isinstance(spec, str | Path):  # already parsed
         uri = ((base_dir or Path.cwd()) / "document.json").resolve().as_uri()
         doc: Any = spec
     else:
