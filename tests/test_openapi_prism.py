@@ -8,9 +8,11 @@ goes through `OpenAPIUpstream.call_tool`, and Prism must accept it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,45 +72,58 @@ def _load(path: Path) -> dict[str, Any]:
     return load_sync(path.resolve().as_uri())
 
 
-@pytest.mark.parametrize("case", list(CASES))
-async def test_prism_accepts_every_generated_call(case: str, tmp_path: Path) -> None:
-    document, extra, fill = CASES[case]
+@pytest.fixture(scope="module")
+def prism_ports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    """One Prism per document, all started at once (each takes seconds to read its document)."""
     node22()
     prism = npm_tool("prism")
-    port = free_port()
+    logs = tmp_path_factory.mktemp("prism")
+    with contextlib.ExitStack() as stack:
+        ports: dict[str, int] = {}
+        procs = {}
+        for case, (document, _, _) in CASES.items():
+            port = ports[case] = free_port()
+            args = [prism, "mock", str(SPECS / document), "-p", str(port), "-h", "127.0.0.1", "--errors"]
+            procs[case] = stack.enter_context(running(args, env=node22_env(), log=logs / f"{case}.log"))
+        for case, proc in procs.items():
+            wait_for_port(ports[case], proc)
+        yield ports
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_prism_accepts_every_generated_call(case: str, prism_ports: dict[str, int]) -> None:
+    document, extra, fill = CASES[case]
+    port = prism_ports[case]
     spec_path = SPECS / document
     spec = _load(spec_path)
-    args = [prism, "mock", str(spec_path), "-p", str(port), "-h", "127.0.0.1", "--errors"]
-    with running(args, env=node22_env(), log=tmp_path / "prism.log") as proc:
-        wait_for_port(port, proc)
-        config = {"spec": str(spec_path), "base_url": f"http://127.0.0.1:{port}", **extra}
-        async with started(config) as upstream:
-            assert upstream.state.value == "up", upstream.last_error
-            seen: list[tuple[int, str | None]] = []
+    config = {"spec": str(spec_path), "base_url": f"http://127.0.0.1:{port}", **extra}
+    async with started(config) as upstream:
+        assert upstream.state.value == "up", upstream.last_error
+        seen: list[tuple[int, str | None]] = []
 
-            async def record(response: Any) -> None:
-                seen.append((response.status_code, response.headers.get("sl-violations")))
+        async def record(response: Any) -> None:
+            seen.append((response.status_code, response.headers.get("sl-violations")))
 
-            assert upstream.http_client is not None
-            upstream.http_client.event_hooks["response"].append(record)
-            problems = []
-            tools = upstream.catalog.tools
-            assert len(tools) >= 10
-            for tool in tools:
-                arguments = arguments_for(tool.input_schema, fill=fill)
-                binding = upstream.binding(tool.name)
-                assert binding is not None
-                result = await upstream.call_tool(tool.name, arguments, CallContext())
-                assert seen, f"{tool.name}: no HTTP response ({result.content})"
-                status, violations = seen[-1]
-                text = result.content[0].text if result.content and hasattr(result.content[0], "text") else ""
-                request_violations = [v for v in json.loads(violations or "[]") if v["location"][0] == "request"]
-                if status == 422 or request_violations:
-                    problems.append(f"{tool.name} {json.dumps(arguments)[:200]} -> {status} {request_violations} {text[:300]}")
-                elif _documents_success(spec, binding.method, binding.path):
-                    # Prism answers 500 when its own example response breaks the document: the request passed.
-                    response_only = status == 500 and "#VIOLATIONS" in text and '"location":["request' not in text
-                    if not (200 <= status < 300 or response_only):
-                        problems.append(f"{tool.name} -> {status} {text[:300]}")
-                seen.clear()
-            assert not problems, "Prism rejected calls:\n" + "\n".join(problems)
+        assert upstream.http_client is not None
+        upstream.http_client.event_hooks["response"].append(record)
+        problems = []
+        tools = upstream.catalog.tools
+        assert len(tools) >= 10
+        for tool in tools:
+            arguments = arguments_for(tool.input_schema, fill=fill)
+            binding = upstream.binding(tool.name)
+            assert binding is not None
+            result = await upstream.call_tool(tool.name, arguments, CallContext())
+            assert seen, f"{tool.name}: no HTTP response ({result.content})"
+            status, violations = seen[-1]
+            text = result.content[0].text if result.content and hasattr(result.content[0], "text") else ""
+            request_violations = [v for v in json.loads(violations or "[]") if v["location"][0] == "request"]
+            if status == 422 or request_violations:
+                problems.append(f"{tool.name} {json.dumps(arguments)[:200]} -> {status} {request_violations} {text[:300]}")
+            elif _documents_success(spec, binding.method, binding.path):
+                # Prism answers 500 when its own example response breaks the document: the request passed.
+                response_only = status == 500 and "#VIOLATIONS" in text and '"location":["request' not in text
+                if not (200 <= status < 300 or response_only):
+                    problems.append(f"{tool.name} -> {status} {text[:300]}")
+            seen.clear()
+        assert not problems, "Prism rejected calls:\n" + "\n".join(problems)
