@@ -421,3 +421,23 @@ async def test_large_document_converts_off_the_event_loop() -> None:
     # Parsing 13 MB of JSON is one C call that holds the GIL (~0.3 s); the conversion itself (most of
     # the time) runs in a worker thread, so the loop keeps ticking through it.
     assert max(gaps) < 0.6 * took, f"event loop blocked for {max(gaps):.2f}s of {took:.2f}s"
+
+
+@pytest.mark.parametrize(("prefix", "url", "allowed"), [
+    ("https://api.x.com", "https://api.x.com:443/v1", True),
+    ("https://api.x.com/v1", "https://api.x.com/v1/", True),
+    ("https://api.x.com/v1/", "https://api.x.com/v1/users", True),
+    ("https://api.x.com/v1", "https://api.x.com/v10", False),
+    ("https://api.x.com/v1", "http://api.x.com/v1", False),
+    ("https://api.x.com", "https://api.x.com.evil.example/", False),
+    ("https://api.x.com", "https://user@evil.example/", False),
+])
+def test_allowed_base_url_prefixes(prefix: str, url: str, allowed: bool) -> None:
+    from mcp_hub.upstreams.openapi.config import ConfigError
+    from mcp_hub.upstreams.openapi.upstream import check_allowed
+
+    if allowed:
+        check_allowed(url, [prefix], "base URL")
+    else:
+        with pytest.raises(ConfigError, match="not under any allowed base URL"):
+            check_allowed(url, [prefix], "base URL")

@@ -47,7 +47,12 @@ def _error(text: str) -> types.CallToolResult:
 def _prefix_allows(prefix: str, url: str) -> bool:
     """Whether `url` lies under `prefix` (same scheme, host and port; path at a segment boundary)."""
     p, u = urlsplit(prefix), urlsplit(url)
-    if (p.scheme.lower(), (p.hostname or "").lower(), p.port) != (u.scheme.lower(), (u.hostname or "").lower(), u.port):
+
+    def origin(parts: Any) -> tuple[str, str, int | None]:
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+    if origin(p) != origin(u):
         return False
     base = p.path.rstrip("/")
     return u.path == base or u.path.startswith(base + "/") or not base
