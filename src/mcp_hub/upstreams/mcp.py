@@ -116,7 +116,9 @@ class McpUpstream(Upstream):
         cfg = self.config
         if isinstance(cfg, StdioUpstreamConfig):
             params = StdioServerParameters(
-                command=cfg.command, args=cfg.args, env=cfg.env or None, cwd=cfg.cwd or None
+                command=cfg.command, args=cfg.args, env=cfg.env or None, cwd=cfg.cwd or None,
+                # A line that is not UTF-8 becomes one unparsable message, not a dead reader.
+                encoding_error_handler="replace",
             )
             # Upstream stderr stays visible to the operator, never mixed into a stdio downstream.
             async with stdio_client(params, errlog=sys.stderr) as streams:
