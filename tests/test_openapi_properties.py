@@ -126,7 +126,7 @@ def outside_refs(schema: dict[str, Any]) -> list[str]:
     return [r for r in found if not (r.startswith("#/$defs/") and r[len("#/$defs/"):] in defs)]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(documents())
 def test_generated_documents_give_valid_tools(document: dict[str, Any]) -> None:
     tools, skipped = inspect_document(document)
