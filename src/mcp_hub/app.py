@@ -12,6 +12,7 @@ from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -41,6 +42,38 @@ def transport_security(config: GatewayConfig) -> TransportSecuritySettings | Non
     hosts = listen.allowed_hosts or ["127.0.0.1:*", "localhost:*", "[::1]:*"]
     origins = listen.allowed_origins or ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
     return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+
+
+def _matches(value: str, patterns: list[str]) -> bool:
+    """`value` against patterns where a trailing `:*` stands for any port."""
+    for pattern in patterns:
+        if pattern == value or (pattern.endswith(":*") and value.startswith(pattern[:-1])):
+            return True
+        if pattern.endswith(":*") and value == pattern[:-2]:
+            return True
+    return False
+
+
+class HostGuard:
+    """DNS-rebinding protection for every route (health, metrics, admin, MCP): a request whose Host, or
+    Origin when present, is not an allowed one is refused before it reaches anything."""
+
+    def __init__(self, app: ASGIApp, security: TransportSecuritySettings) -> None:
+        self.app = app
+        self.hosts = list(security.allowed_hosts)
+        self.origins = list(security.allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k: v.decode("latin-1") for k, v in scope.get("headers", ()) if k in (b"host", b"origin")}
+            host, origin = headers.get(b"host", ""), headers.get(b"origin")
+            if not _matches(host, self.hosts):
+                await JSONResponse({"error": "invalid Host header"}, status_code=421)(scope, receive, send)
+                return
+            if origin is not None and not _matches(origin, self.origins):
+                await JSONResponse({"error": "invalid Origin header"}, status_code=403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _StaticConsumer:
@@ -114,7 +147,8 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
             finally:
                 tg.cancel_scope.cancel()
 
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[])
+    middleware = [Middleware(HostGuard, security=security)] if security is not None else []
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
 def _sse_routes(

@@ -76,13 +76,15 @@ _SECRET_VALUE = re.compile(
     r"|\b(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|sk-[A-Za-z0-9_-]{16,}"
     r"|xox[abprs]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|glpat-[A-Za-z0-9_-]{20})"  # well-known key formats
     r"|(?P<key>\b(?:access_token|refresh_token|id_token|token|api[-_]?key|client_secret|password"
-    r"|secret)[\"']?\s*[=:]\s*[\"']?)[^\"'&\s,;}]+",  # key=value in URLs, headers, JSON text
+    r"|secret)[\"']?\s*[=:]\s*[\"']?)[^\"'&\s,;}]+"  # key=value in URLs, headers, JSON text
+    r"|(?P<userinfo>\b[a-z][a-z0-9+.-]*://)[^/\s@:]*:[^/\s@]*(?=@)"  # user:password@ in URLs
+    r"|\bmcphub_[A-Za-z0-9_-]{16,}",  # the gateway's own API keys
     re.IGNORECASE,
 )
 
 
 def _redact_match(match: re.Match[str]) -> str:
-    prefix = match.group("scheme") or match.group("key") or ""
+    prefix = match.group("scheme") or match.group("key") or match.group("userinfo") or ""
     return prefix + REDACTED
 
 
