@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -132,7 +133,8 @@ def sse_or_json(response: httpx2.Response, request_id: int) -> dict[str, Any]:
     """The JSON-RPC answer to `request_id` in a Streamable HTTP response (JSON body or SSE stream)."""
     if response.headers.get("content-type", "").startswith("application/json"):
         return dict(response.json())
-    for line in response.text.splitlines():
+    # why: SSE lines end at CR or LF only; str.splitlines would also split on U+0085 inside the JSON
+    for line in re.split(r"\r\n|\r|\n", response.text):
         if line.startswith("data:") and line[5:].strip():
             message = json.loads(line[5:])
             if message.get("id") == request_id:
@@ -176,7 +178,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "slow": {"transport": "streamable-http", "url": faulty.url, "call_timeout": 3},
                 "huge": {"transport": "streamable-http", "url": faulty.url, "call_timeout": 60},
                 "malformed": {**python_server(FAULTY, "--mode", "malformed"), "protocol": "legacy",
-                              "call_timeout": 2},
+                              "call_timeout": 1},
                 "flood": {**python_server(FAULTY, "--mode", "flood"), "call_timeout": 60},
             }
         }
@@ -194,23 +196,21 @@ async def test_fifty_megabyte_result(zoo: dict[str, Any]) -> None:
     size = 50 * 1024 * 1024
     pid = gw.proc.pid
     before = proc_kib(pid, "VmRSS")
-    figures = []
-    for attempt in (1, 2):  # why: a second call shows whether memory accumulates
-        started = time.monotonic()
-        answer = await anyio.to_thread.run_sync(raw_tool_call, gw.mcp, "huge__huge", {"megabytes": 50})
-        elapsed = time.monotonic() - started
-        if "error" in answer or answer["result"].get("isError"):
-            message = json.dumps(answer)
-            assert "huge" in message and len(message) < 2000, message[:300]
-            figures.append(f"call {attempt}: error in {elapsed:.1f}s")
-        else:
-            text = answer["result"]["content"][0]["text"]
-            assert len(text) == size and text.startswith("0123456789abcdef")
-            figures.append(f"call {attempt}: ok in {elapsed:.1f}s")
-        del answer
+    started = time.monotonic()
+    answer = await anyio.to_thread.run_sync(raw_tool_call, gw.mcp, "huge__huge", {"megabytes": 50})
+    elapsed = time.monotonic() - started
+    if "error" in answer or answer["result"].get("isError"):
+        message = json.dumps(answer)
+        assert "huge" in message and len(message) < 2000, message[:300]
+        outcome = f"a clear error in {elapsed:.1f}s"
+    else:
+        text = answer["result"]["content"][0]["text"]
+        assert len(text) == size and text.startswith("0123456789abcdef")
+        outcome = f"all of it in {elapsed:.1f}s"
+    del answer
     peak = proc_kib(pid, "VmHWM")
     after = proc_kib(pid, "VmRSS")
-    print(f"\n50 MiB result: {'; '.join(figures)}; gateway RSS before {before // 1024} MiB, "
+    print(f"\n50 MiB result: {outcome}; gateway RSS before {before // 1024} MiB, "
           f"peak {peak // 1024} MiB, after {after // 1024} MiB")
     assert (peak - before) * 1024 < 10 * size, (before, peak)
     await assert_unaffected(gw, *HEALTHY)
@@ -276,7 +276,7 @@ async def test_malformed_json_rpc_gets_clear_errors_and_keeps_the_session(zoo: d
         for tool in ["wrong_shape", "not_object", "bad_error", "wrong_id", "no_answer"]:
             elapsed, message, failed = await call_outcome(client, f"malformed__{tool}", {})
             assert failed, (tool, message)
-            assert elapsed < 4, (tool, elapsed)  # call_timeout is 2 s
+            assert elapsed < 3, (tool, elapsed)  # call_timeout is 1 s
             assert message and "Traceback" not in message, (tool, message)
             _, text, failed = await call_outcome(client, "malformed__echo", {"text": f"after {tool}"})
             assert (text, failed) == (f"after {tool}", False), (tool, text)
@@ -292,7 +292,7 @@ async def test_non_utf8_output_is_survived(zoo: dict[str, Any]) -> None:
     gw: RunningGateway = zoo["gw"]
     async with Client(gw.mcp, mode="legacy") as client:
         elapsed, message, failed = await call_outcome(client, "malformed__bad_bytes", {})
-        assert elapsed < 4 and (not failed or "malformed" in message), (elapsed, message)
+        assert elapsed < 3 and (not failed or "malformed" in message), (elapsed, message)
         await assert_unaffected(gw, *HEALTHY)
         await answers_again(client, "malformed__echo", 10)
 
@@ -359,8 +359,8 @@ async def test_notification_flood(zoo: dict[str, Any]) -> None:
                 await anyio.sleep(0.02)
 
     async with Client(gw.mcp, mode="legacy", logging_callback=on_log) as flooder:
-        for kind, count in (("log", 1000), ("progress", 1000), ("list_changed", 200),
-                            ("resource_updated", 300)):
+        for kind, count in (("log", 500), ("progress", 500), ("list_changed", 100),
+                            ("resource_updated", 200)):
             done = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(bystander, done)
@@ -377,12 +377,12 @@ async def test_notification_flood(zoo: dict[str, Any]) -> None:
         done = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(bystander, done)
-            await anyio.sleep(3.0)
+            await anyio.sleep(2.0)
             done.set()
         rss_end = proc_kib(gw.proc.pid, "VmRSS")
     print(f"\nflood: bystander p max {max(latencies) * 1000:.0f} ms over {len(latencies)} calls; "
           f"{len(logs)} log messages relayed; RSS {rss_start // 1024} -> {rss_end // 1024} MiB under a "
-          "3 s unsolicited flood")
+          "2 s unsolicited flood")
     assert max(latencies) < 2.0, max(latencies)
     assert rss_end - rss_start < 50 * 1024, (rss_start, rss_end)
     async with Client(gw.mcp, mode="legacy") as client:
@@ -434,12 +434,7 @@ async def test_idp_down_cached_jwks_keeps_working_introspection_gives_401(tmp_pa
             assert "introspection" in challenge and "error_description" in challenge, challenge
             assert token not in challenge and token not in response.text
         assert httpx2.get(f"{gw.url}/healthz", timeout=5).json()["upstreams"]["demo"]["state"] == "up"
-        # back on the same port (it keeps tokens in memory: the old opaque ones are gone), introspection works
-        with idp_server(tmp_path / "idp-again", port=idp_port, **secrets) as again:
-            opaque_new = again.client_credentials("mcp-client-opaque", resource=resource)["access_token"]
-            async with bearer_client(gw.mcp, opaque_new) as client:
-                assert text_of(await client.call_tool("demo__echo", {"text": "back"})) == "back"
-        for secret in (jwt_token, opaque_used, opaque_fresh, opaque_new, *secrets.values()):
+        for secret in (jwt_token, opaque_used, opaque_fresh, *secrets.values()):
             assert secret not in gw.log_text()
         assert gw.proc.poll() is None
 
