@@ -331,7 +331,11 @@ def _literal_internal_host(host: str) -> bool:
 async def check_url(url: str, prefixes: list[str], what: str) -> None:
     """Refuse `url` unless it lies under one of `prefixes`; a host name that resolves to a loopback or
     link-local address is refused unless the matching prefix names such a host literally."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0-65535
+    except ValueError:
+        raise AdminError(422, "invalid_url", f"{what} is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise AdminError(422, "invalid_url", f"{what} must be an http:// or https:// URL")
     if parts.username or parts.password:
@@ -541,7 +545,7 @@ class AdminAPI:
                 registration = registration.model_copy(update={"spec": str((base / registration.spec).resolve())})
         if registration.base_url is not None:
             await check_url(registration.base_url, config.allowed_base_urls, "base_url")
-        registry.allowed_base_urls = list(config.allowed_base_urls)
+        registry.configure(config, gateway.config_path)
         upstream = registry.build(registration)
         registry.registrations[name] = registration  # before starting: a reload meanwhile must keep it
         try:

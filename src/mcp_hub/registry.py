@@ -283,9 +283,19 @@ class OpenAPIRegistry:
     the allow-list was narrowed is refused when it is loaded again.
     """
 
-    def __init__(self, store: RegistrationStore, *, allowed_base_urls: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: RegistrationStore,
+        *,
+        allowed_base_urls: list[str] | None = None,
+        allowed_spec_urls: list[str] | None = None,
+        spec_dirs: list[Path] | None = None,
+    ) -> None:
         self.store = store
         self.allowed_base_urls = list(allowed_base_urls or [])
+        # Where a registered document's `$ref`s may lead: URL prefixes and folders on this host.
+        self.allowed_spec_urls = list(allowed_spec_urls if allowed_spec_urls is not None else self.allowed_base_urls)
+        self.spec_dirs = [Path(d).resolve() for d in spec_dirs or []]
         self.registrations: dict[str, Registration] = {}
         self._spec_dir: Path | None = None
 
@@ -315,11 +325,40 @@ class OpenAPIRegistry:
         spec = str(self._document_path(registration)) if registration.document is not None else registration.spec
         assert spec is not None
         config = OpenAPIUpstreamConfig.model_validate(registration.upstream_config(spec))
-        upstream = OpenAPIUpstream(registration.name, config, allowed_base_urls=self.allowed_base_urls)
+        upstream = OpenAPIUpstream(
+            registration.name, config, allowed_base_urls=self.allowed_base_urls, document_guard=self.ref_guard
+        )
         if not hasattr(type(upstream), "prefix"):
             # The gateway reads an upstream's own prefix first; runtime upstreams are not in the config.
             upstream.prefix = registration.prefix if registration.prefix is not None else registration.name  # type: ignore[attr-defined]
         return upstream
+
+    def configure(self, admin: Any, config_path: str | Path | None) -> None:
+        """Take the URL and folder allow-lists of an `AdminConfig` (at start, on reload, on registration)."""
+        base = Path(config_path).parent if config_path else Path.cwd()
+        self.allowed_base_urls = list(admin.allowed_base_urls)
+        self.allowed_spec_urls = list(admin.spec_url_prefixes())
+        self.spec_dirs = [(base / d).resolve() for d in admin.spec_dirs]
+
+    def ref_guard(self, uri: str) -> None:
+        """Refuse a document a registered document refers to unless it is under an allowed URL prefix
+        or in an allowed folder: a registration must not make the gateway read internal URLs or files."""
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        from mcp_hub.upstreams.openapi import DocumentError
+        from mcp_hub.upstreams.openapi.upstream import _prefix_allows
+
+        if uri.startswith("file:"):
+            path = Path(url2pathname(urlsplit(uri).path)).resolve()
+            if self._spec_dir is not None and path.is_relative_to(self._spec_dir.resolve()):
+                return  # another inline document of this registry
+            if any(path.is_relative_to(d) for d in self.spec_dirs):
+                return
+            raise DocumentError(f"{path.name}: a $ref to a file on the gateway host outside admin.spec_dirs is refused")
+        if uri.startswith(("http://", "https://")) and any(_prefix_allows(p, uri) for p in self.allowed_spec_urls):
+            return
+        raise DocumentError(f"{uri}: a $ref outside admin.allowed_spec_urls is refused")
 
     def upstreams(self, taken: set[str]) -> dict[str, Upstream]:
         """Upstreams for every registration whose name the config does not use itself."""

@@ -87,7 +87,9 @@ def open_registry(config: GatewayConfig, config_path: str | Path | None = None) 
         store = open_store(admin.registry, config_path=config_path)
     except RegistryError as exc:
         raise ConfigError([f"admin.registry: {exc}"]) from None
-    return OpenAPIRegistry(store, allowed_base_urls=admin.allowed_base_urls)
+    registry = OpenAPIRegistry(store)
+    registry.configure(admin, config_path)
+    return registry
 
 
 async def load_registry(config: GatewayConfig, config_path: str | Path | None = None) -> OpenAPIRegistry:
@@ -147,13 +149,15 @@ async def reload_checked(gateway: Gateway, path: str | Path) -> dict[str, list[s
             restart.append("admin.registry")  # the store is opened once per process
         if admin.path != old_admin.path or admin.enabled != old_admin.enabled:
             restart.append("admin.path")  # the admin API is mounted once, at start
-        saved = (dict(registry.registrations), registry.allowed_base_urls)
+        saved = (dict(registry.registrations), registry.allowed_base_urls, registry.allowed_spec_urls,
+                 registry.spec_dirs)
         try:
             await registry.load()  # other replicas may have registered or removed APIs meanwhile
-            registry.allowed_base_urls = list(admin.allowed_base_urls)
+            registry.configure(admin, path)
             summary = await gateway.reload(config)
         except BaseException:
-            registry.registrations, registry.allowed_base_urls = saved
+            (registry.registrations, registry.allowed_base_urls, registry.allowed_spec_urls,
+             registry.spec_dirs) = saved
             raise
     summary["restart_required"] = summary.get("restart_required", []) + restart
     if registry is not None:

@@ -96,16 +96,18 @@ def read_file_uri(uri: str) -> bytes:
         raise DocumentError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def fetch_url_sync(url: str, timeout: float = 30.0) -> bytes:
+def fetch_url_sync(url: str, timeout: float = 30.0, *, follow_redirects: bool = True) -> bytes:
     """GET a document over HTTP(S) (used for `$ref`s to remote files and for `inspect_document`)."""
     import httpx2
 
     from mcp_hub.upstreams.openapi.http import shared_ssl_context
 
     try:
-        response = httpx2.get(url, timeout=timeout, follow_redirects=True, verify=shared_ssl_context())
+        response = httpx2.get(url, timeout=timeout, follow_redirects=follow_redirects, verify=shared_ssl_context())
     except httpx2.HTTPError as exc:
         raise DocumentError(f"{url}: cannot fetch ({type(exc).__name__}: {exc})") from None
+    if response.is_redirect and not follow_redirects:
+        raise DocumentError(f"{url}: fetch answered a redirect (HTTP {response.status_code}), which is not followed")
     if response.status_code != 200:
         raise DocumentError(f"{url}: fetch answered HTTP {response.status_code}")
     return response.content
@@ -170,21 +172,32 @@ class Resolved:
 class RefResolver:
     """Resolves `$ref` strings against a root document and the files or URLs it refers to."""
 
-    def __init__(self, root: Any, root_uri: str, *, fetch: Callable[[str], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        root: Any,
+        root_uri: str,
+        *,
+        fetch: Callable[[str], bytes] | None = None,
+        guard: Callable[[str], None] | None = None,
+    ) -> None:
         self.root_uri = urldefrag(root_uri).url
         self._documents: dict[str, Any] = {self.root_uri: root}
         self._fetch = fetch
+        # Checks every other document a `$ref` reaches before it is read (raises DocumentError).
+        self._guard = guard
         self._cache: dict[tuple[str, str], Resolved] = {}
 
     def with_root(self, root: Any) -> RefResolver:
-        """The same resolver (fetcher, loaded files) for a replacement of the root document."""
-        clone = RefResolver(root, self.root_uri, fetch=self._fetch)
+        """The same resolver (fetcher, guard, loaded files) for a replacement of the root document."""
+        clone = RefResolver(root, self.root_uri, fetch=self._fetch, guard=self._guard)
         clone._documents.update({k: v for k, v in self._documents.items() if k != self.root_uri})
         return clone
 
     def document(self, uri: str) -> Any:
         """The parsed document at `uri`, loaded once."""
         if uri not in self._documents:
+            if self._guard is not None:
+                self._guard(uri)
             self._documents[uri] = load_sync(uri, self._fetch)
         return self._documents[uri]
 

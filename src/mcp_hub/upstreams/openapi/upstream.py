@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -117,9 +118,13 @@ class OpenAPIUpstream(Upstream):
         *,
         base_dir: Path | None = None,
         allowed_base_urls: list[str] | None = None,
+        document_guard: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(name)
         self.config = config
+        # For documents registered at run time: which other documents `$ref`s may reach (raises
+        # DocumentError), and no redirects followed. None: the operator's own config, trusted.
+        self.document_guard = document_guard
         # The gateway applies prefixes; None lets it use its own default for this upstream.
         self.prefix: str | None = config.prefix
         self.base_dir = base_dir
@@ -210,10 +215,14 @@ class OpenAPIUpstream(Upstream):
         self._set_catalog(UpstreamCatalog(tools=list(converted.tools)))
 
     async def _fetch(self, client: httpx2.AsyncClient, url: str) -> bytes:
+        # A guarded (runtime-registered) document is fetched where it was allowed, not where a redirect points.
+        follow = self.document_guard is None
         try:
-            response = await client.get(url, follow_redirects=True)
+            response = await client.get(url, follow_redirects=follow)
         except httpx2.HTTPError as exc:
             raise DocumentError(f"cannot fetch ({type(exc).__name__}: {exc})") from None
+        if response.is_redirect and not follow:
+            raise DocumentError(f"fetch answered a redirect (HTTP {response.status_code}), which is not followed")
         if response.status_code != 200:
             raise DocumentError(f"fetch answered HTTP {response.status_code}")
         return response.content
@@ -226,7 +235,11 @@ class OpenAPIUpstream(Upstream):
         return self._convert(load_sync(uri), uri)
 
     def _convert(self, doc: Any, uri: str) -> ConvertedDocument:
-        resolver = RefResolver(doc, uri, fetch=lambda url: fetch_url_sync(url, self.config.timeout))
+        follow = self.document_guard is None
+        resolver = RefResolver(
+            doc, uri, fetch=lambda url: fetch_url_sync(url, self.config.timeout, follow_redirects=follow),
+            guard=self.document_guard,
+        )
         return convert_document(doc, resolver, include=self.config.include, exclude=self.config.exclude,
                                 name=self.config.spec)
 
