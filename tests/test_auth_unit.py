@@ -108,7 +108,7 @@ def test_credential_configs() -> None:
         ({"mode": "inject"}, "exactly one"),
         ({"mode": "inject", "value_env": "A", "value_file": "/f"}, "exactly one"),
         ({"mode": "inject", "value_env": "A", "format": "Bearer"}, "must contain"),
-        ({"mode": "passthrough", "source_header": "Authorization"}, "must not be"),
+        ({"mode": "passthrough", "source_header": "X-Api-Key"}, "must not be"),
         ({"mode": "exchange", "client_id": "c", "client_secret": "s"}, "audience"),
         ({"mode": "magic"}, "does not match any of the expected tags"),
     ]:
@@ -259,6 +259,12 @@ async def test_passthrough_takes_only_the_source_header() -> None:
         {**incoming, "Accept": "x", "X-Api-Key": "k", "Cookie": "c"}, creds.source_headers
     )
     assert kept == {"Accept": "x"}
+    # Authorization as the source: only from callers who identified with X-Api-Key
+    from_auth = build_upstream_credentials({"mode": "passthrough", "source_header": "Authorization"})
+    assert await from_auth.headers(consumer, None, {"authorization": "Bearer gho_x", "x-api-key": "k"}) == {
+        "Authorization": "Bearer gho_x"}
+    with pytest.raises(UpstreamCredentialError, match="X-Api-Key"):
+        await from_auth.headers(consumer, None, {"authorization": "Bearer the-gateway-key"})
 
 
 async def test_exchange_refuses_callers_without_an_oauth_token() -> None:

@@ -342,3 +342,56 @@ async def test_passthrough_forwards_the_callers_upstream_token_only(tmp_path: Pa
             assert seen == {"alice": "Bearer ghp_alice_token", "root": "Bearer ghp_root_token"}
             assert gw.health()["upstreams"]["gh"]["sessions"] == 2
             assert DEV_KEY not in gw.log_text() and "ghp_alice_token" not in gw.log_text()
+
+
+async def test_upstream_with_its_own_oauth_github_remote_pattern(tmp_path: Path) -> None:
+    """The caller identifies with X-Api-Key; the route's metadata sends it to the upstream's own
+    authorization server for the token it puts in Authorization, which passes through unchanged."""
+    import sys
+
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tests.support.processes import running, wait_for_port
+    from tests.support.tools import ROOT, free_port
+
+    up_port, gw_port = free_port(), free_port()
+    github_as = "https://github.example/login/oauth"
+    cfg = _config()
+    cfg["upstreams"] = {"gh": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp",
+                               "credentials": {"mode": "passthrough", "source_header": "Authorization"}}}
+    cfg["servers"] = [{"path": "/mcp/github", "upstreams": ["gh"], "prefix": False,
+                       "authorization_servers": [github_as]}]
+    cfg["groups"]["developer"]["tools"] = {"allow": ["whoami", "search_*"]}
+    args = [sys.executable, "-m", "tests.servers.github_like", "--transport", "streamable-http", "--port", str(up_port)]
+    with running(args, cwd=ROOT, log=tmp_path / "gh.log") as proc:
+        wait_for_port(up_port, proc=proc)
+        with run_gateway(cfg, tmp_path, port=gw_port) as gw:
+            url = f"{gw.url}/mcp/github"
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+            accept = {"Accept": "application/json, text/event-stream"}
+            r = httpx2.post(url, json=body, headers={**accept, "X-Api-Key": DEV_KEY})
+            assert r.status_code == 401
+            metadata_url = r.headers["www-authenticate"].split('resource_metadata="')[1].split('"')[0]
+            prm = httpx2.get(metadata_url).json()
+            assert prm["resource"] == f"http://127.0.0.1:{gw_port}/mcp/github"
+            assert prm["authorization_servers"] == [github_as]
+
+            async def whoami(headers: dict[str, str]) -> tuple[list[str], Any]:
+                http = httpx2.AsyncClient(headers=headers, timeout=30)
+                async with Client(streamable_http_client(url, http_client=http), mode="legacy") as client:
+                    names = sorted(t.name for t in (await client.list_tools()).tools)
+                    try:
+                        result = await client.call_tool("whoami", {})
+                    except MCPError as exc:
+                        return names, exc.error.message
+                    return names, json.loads(result.content[0].text) if not result.is_error else \
+                        result.content[0].text
+
+            names, seen = await whoami({"X-Api-Key": DEV_KEY, "Authorization": "Bearer gho_from_github"})
+            assert "whoami" in names and "search_repositories" in names and "delete_file" not in names
+            assert seen["authorization"] == "Bearer gho_from_github"
+            # a caller who identifies with Authorization itself never has its gateway key forwarded
+            _, refused = await whoami({"Authorization": f"Bearer {ADMIN_KEY}"})
+            assert "X-Api-Key" in str(refused)
+            assert ADMIN_KEY not in (tmp_path / "gh.log").read_text()
+            assert DEV_KEY not in gw.log_text() and "gho_from_github" not in gw.log_text()

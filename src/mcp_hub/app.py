@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_hub.auth.identity import Consumer, anonymous
+from mcp_hub.auth.metadata import resource_for_path, resource_metadata_url, upstream_resource_routes
 from mcp_hub.config import GatewayConfig
 from mcp_hub.gateway import CONSUMER_SCOPE_KEY, Gateway
 
@@ -76,6 +77,38 @@ class HostGuard:
         await self.app(scope, receive, send)
 
 
+class UpstreamTokenChallenge:
+    """On a route whose upstream runs its own OAuth: a request without an Authorization token gets a 401
+    whose metadata names the upstream's authorization server, so a client like Claude Code fetches the
+    upstream token itself (the gateway identifies the caller by X-Api-Key and passes the token on)."""
+
+    def __init__(self, app: ASGIApp, metadata_url: str) -> None:
+        self.app = app
+        self.challenge = f'Bearer resource_metadata="{metadata_url}"'
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] != "OPTIONS":
+            authorization = next((v for k, v in scope.get("headers", ()) if k == b"authorization"), b"")
+            if not authorization.strip():
+                response = JSONResponse(
+                    {"error": "invalid_request",
+                     "error_description": "this route needs the upstream's token in Authorization"},
+                    status_code=401, headers={"WWW-Authenticate": self.challenge},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _route_resource(gateway: Gateway, path: str) -> str:
+    """The resource URL of a route: on the origin of auth.resource, else of the listen address."""
+    resource = (gateway.config.auth or {}).get("resource")
+    if resource:
+        return resource_for_path(resource, path)
+    listen = gateway.config.listen
+    return f"http://{listen.host}:{listen.port}{path}"
+
+
 class _StaticConsumer:
     """ASGI wrapper that names the consumer when auth is off."""
 
@@ -96,6 +129,7 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
     managers: list[StreamableHTTPSessionManager] = []
     routes: list[BaseRoute] = []
     protect = _auth_wrapper(gateway)
+    upstream_as = {spec.path: spec.authorization_servers for spec in config.servers if spec.authorization_servers}
     for route in gateway.routes.values():
         assert route.server is not None
         manager = StreamableHTTPSessionManager(
@@ -108,6 +142,10 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
         managers.append(manager)
         endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
         endpoint = protect(endpoint, route.path)
+        if route.path in upstream_as:
+            resource = _route_resource(gateway, route.path)
+            endpoint = UpstreamTokenChallenge(endpoint, resource_metadata_url(resource))
+            routes.extend(upstream_resource_routes(resource, upstream_as[route.path], resource_name="mcp-hub"))
         routes.append(Route(route.path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
         routes.extend(_sse_routes(route.path, route.server, security, config.listen.max_request_body, protect))
     routes.extend(_auth_routes(gateway))

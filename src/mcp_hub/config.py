@@ -98,6 +98,12 @@ class ServerRoute(_Model):
     path: str = Field(pattern=r"^/[A-Za-z0-9/_.-]*$")
     upstreams: list[str] | None = Field(default=None, description="Upstreams exposed here; all when absent.")
     prefix: bool = Field(default=True, description="false exposes the upstreams' own names.")
+    authorization_servers: list[str] | None = Field(
+        default=None,
+        description="For an upstream that runs its own OAuth (the GitHub remote MCP pattern): callers identify "
+        "to the gateway with X-Api-Key and bring the upstream's token in Authorization; this route's protected "
+        "resource metadata names these authorization servers, with the route as the resource.",
+    )
 
 
 class ListenConfig(_Model):

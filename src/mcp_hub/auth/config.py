@@ -157,7 +157,9 @@ class PassthroughCredentialConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> PassthroughCredentialConfig:
-        if self.source_header.lower() in ("authorization", "x-api-key"):
+        # Authorization is allowed: it is then only taken from callers who identify with X-Api-Key
+        # (routes with `authorization_servers`), so the gateway's own credential is never forwarded.
+        if self.source_header.lower() == "x-api-key":
             raise ValueError(
                 "`source_header` must not be the header that carries the gateway's own credential"
             )

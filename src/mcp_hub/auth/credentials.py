@@ -166,6 +166,11 @@ class PassthroughCredentials(UpstreamCredentials):
         self, consumer: Consumer, token: AccessToken | None, request_headers: Mapping[str, str]
     ) -> dict[str, str]:
         """The caller's credential from the source header, rendered into the upstream header."""
+        if self.source_header.lower() == "authorization" and _header(request_headers, "x-api-key") is None:
+            # The caller identified with Authorization itself: that is the gateway's credential, not theirs.
+            raise UpstreamCredentialError(
+                "this upstream takes your own token in Authorization: identify to the gateway with X-Api-Key"
+            )
         value = (_header(request_headers, self.source_header) or "").strip()
         if not value:
             raise UpstreamCredentialError(
