@@ -231,6 +231,9 @@ def configure_logging(
             root.removeHandler(_handler)
         root.addHandler(handler)
         root.setLevel(threshold)
+        # One line per upstream HTTP request is noise (and CPU) on the hot path; keep it for debugging.
+        for chatty in ("httpx2", "httpcore"):
+            logging.getLogger(chatty).setLevel(threshold if threshold <= logging.DEBUG else logging.WARNING)
         _handler = handler
         structlog.configure(
             processors=[*shared, renderer],
