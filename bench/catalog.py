@@ -28,15 +28,9 @@ sys.path.insert(0, str(ROOT))
 from tests.support.processes import stop, wait_for_http, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
+from bench.proc import rss_mib  # noqa: E402
 from mcp_hub.auth.identity import Consumer  # noqa: E402
 from mcp_hub.auth.keys import new_api_key  # noqa: E402
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def list_tools(url: str, key: str) -> tuple[float, int]:
@@ -137,7 +131,7 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise SystemExit("upstreams did not come up")
             time.sleep(0.2)
-        rss_before = rss_mb(gateway.pid)
+        rss_before = rss_mib(gateway.pid)
         url = f"http://127.0.0.1:{gw_port}/mcp"
         print(f"{args.upstreams} upstreams x {args.tools} tools = {args.upstreams * args.tools} tools; "
               f"gateway RSS after connecting: {rss_before:.0f} MB")
@@ -146,7 +140,7 @@ def main() -> None:
             times = [list_tools(url, key)[0] for _ in range(args.requests)]
             print(f"tools/list for group {group:<6} {count:>5} tools visible: first {first * 1000:7.1f} ms, "
                   f"then p50 {statistics.median(times) * 1000:7.1f} ms, max {max(times) * 1000:7.1f} ms")
-        print(f"gateway RSS after the listings: {rss_mb(gateway.pid):.0f} MB")
+        print(f"gateway RSS after the listings: {rss_mib(gateway.pid):.0f} MB")
     finally:
         stop(gateway)
         stop(upstream)

@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 from tests.support.processes import stop, wait_for_http, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
+from bench.proc import cpu_seconds, rss_mib  # noqa: E402
+
 FASTMCP_VENV = ROOT / ".tools" / "fastmcp-venv"
 FASTMCP_VERSION = "4.1.2"  # 4.1.3+ needs a certifi the registry here does not serve
 PROXY_SCRIPT = """
@@ -58,18 +60,6 @@ def fastmcp_python() -> Path:
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                     f"fastmcp=={FASTMCP_VERSION}"], check=True)
     return python
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(url: str, tool: str, concurrency: int, seconds: float, payload: str) -> dict[str, Any]:

@@ -13,9 +13,7 @@ before and after the run (leaks?).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -33,7 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.processes import stop, wait_for_http, wait_for_port  # noqa: E402
+from tests.support.rpc import answer_of  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
+
+from bench.proc import cpu_seconds  # noqa: E402
 
 PROTOCOL = "2025-06-18"
 ACCEPT = "application/json, text/event-stream"
@@ -48,12 +49,6 @@ def status_kib(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise KeyError(key)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def open_fds(pid: int) -> int:
@@ -88,18 +83,6 @@ class Snapshot:
 
 
 # --- a thin MCP client over plain HTTP ------------------------------------------------------
-
-
-def answer_of(response: httpx2.Response, request_id: int) -> dict[str, Any]:
-    """The JSON-RPC answer to `request_id` in a JSON body or an SSE stream."""
-    if response.headers.get("content-type", "").startswith("application/json"):
-        return dict(response.json())
-    for line in re.split(r"\r\n|\r|\n", response.text):
-        if line.startswith("data:") and line[5:].strip():
-            message = json.loads(line[5:])
-            if message.get("id") == request_id:
-                return dict(message)
-    raise ValueError(f"HTTP {response.status_code}: no answer to {request_id}")
 
 
 class Session:

@@ -9,7 +9,6 @@ ratios compare like with like on a shared 2-core machine. Prints a table and the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
@@ -22,7 +21,6 @@ from typing import Any
 import anyio
 import httpx2
 import yaml
-from mcp import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,59 +28,8 @@ sys.path.insert(0, str(ROOT))
 from tests.support.processes import stop, wait_for_http, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
-
-def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def load(url: str, tool: str, concurrency: int, seconds: float, payload: str) -> dict[str, Any]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = 0.0
-
-    async def worker(client: Client) -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            t0 = time.perf_counter()
-            try:
-                result = await client.call_tool(tool, {"text": payload})
-                if result.is_error:
-                    errors += 1
-            except Exception:  # noqa: BLE001 - counted, the run goes on
-                errors += 1
-            latencies.append(time.perf_counter() - t0)
-
-    clients = [Client(url, mode="legacy") for _ in range(concurrency)]
-    async with contextlib.AsyncExitStack() as stack:
-        for client in clients:
-            await stack.enter_async_context(client)
-            await client.list_tools()
-            await client.call_tool(tool, {"text": payload})  # warm the path
-        deadline = time.perf_counter() + seconds
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for client in clients:
-                tg.start_soon(worker, client)
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "calls": len(latencies),
-        "rate": len(latencies) / elapsed,
-        "p50": statistics.median(latencies) * 1000,
-        "p99": latencies[int(len(latencies) * 0.99) - 1] * 1000 if latencies else float("nan"),
-        "errors": errors,
-    }
+from bench.compare import load  # noqa: E402
+from bench.proc import cpu_seconds, rss_mib  # noqa: E402
 
 
 def main() -> None:
@@ -125,7 +72,7 @@ def main() -> None:
                     cpu0 = cpu_seconds(pid)
                     r = anyio.run(load, url, tool, c, args.seconds, payload)
                     r["cpu_ms_per_call"] = (cpu_seconds(pid) - cpu0) * 1000 / max(r["calls"], 1)
-                    r["rss_mb"] = rss_mb(pid)
+                    r["rss_mb"] = rss_mib(pid)
                     results.setdefault((name, c), []).append(r)
         print(f"tools/call echo, {args.payload}-byte payload, {args.rounds} interleaved rounds of {args.seconds:g}s")
         print(f"{'target':<10}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}{'RSS MB':>9}")

@@ -22,6 +22,7 @@ from mcp import Client
 
 from tests.servers.launch import http_server
 from tests.support.gateway import RunningGateway, python_server, run_gateway
+from tests.support.rpc import answer_of
 
 PROTOCOL = "2025-06-18"
 ACCEPT = "application/json, text/event-stream"
@@ -73,20 +74,7 @@ class RawSession:
             assert "error" in answer, answer
             return answer
         assert response.status_code == 200, (response.status_code, response.text[:500])
-        return answer_to(response, self.next_id)
-
-
-def answer_to(response: httpx2.Response, request_id: Any) -> dict[str, Any]:
-    """The JSON-RPC message answering `request_id` in a JSON body or an SSE stream."""
-    if response.headers.get("content-type", "").startswith("application/json"):
-        return dict(response.json())
-    # why: SSE lines end at CR or LF only; str.splitlines would also split on U+0085 inside the JSON
-    for line in re.split(r"\r\n|\r|\n", response.text):
-        if line.startswith("data:") and line[5:].strip():
-            message = json.loads(line[5:])
-            if message.get("id") == request_id:
-                return dict(message)
-    raise AssertionError(f"no answer to {request_id!r}: {response.status_code} {response.text[:300]!r}")
+        return answer_of(response, self.next_id)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import sys
 import time
@@ -30,6 +29,7 @@ from tests.servers.launch import http_server
 from tests.support.gateway import RunningGateway, python_server, run_gateway, wait_until
 from tests.support.idp import idp_server
 from tests.support.processes import running, wait_for_port
+from tests.support.rpc import answer_of
 from tests.support.tools import ROOT, executable, free_port
 
 FAULTY = "tests.servers.faulty_server"
@@ -129,19 +129,6 @@ async def assert_unaffected(gw: RunningGateway, *tools: str) -> None:
             assert not result.is_error and text_of(result) == f"still {tool}", result
 
 
-def sse_or_json(response: httpx2.Response, request_id: int) -> dict[str, Any]:
-    """The JSON-RPC answer to `request_id` in a Streamable HTTP response (JSON body or SSE stream)."""
-    if response.headers.get("content-type", "").startswith("application/json"):
-        return dict(response.json())
-    # why: SSE lines end at CR or LF only; str.splitlines would also split on U+0085 inside the JSON
-    for line in re.split(r"\r\n|\r|\n", response.text):
-        if line.startswith("data:") and line[5:].strip():
-            message = json.loads(line[5:])
-            if message.get("id") == request_id:
-                return dict(message)
-    raise AssertionError(f"no answer to request {request_id} in {response.text[:300]!r}")
-
-
 def raw_tool_call(url: str, name: str, arguments: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
     """tools/call on a fresh session with a plain HTTP client (no SSE event size limit, unlike the SDK's)."""
     with httpx2.Client(timeout=timeout) as http:
@@ -150,7 +137,7 @@ def raw_tool_call(url: str, name: str, arguments: dict[str, Any], timeout: float
                    "Mcp-Protocol-Version": "2025-06-18"}
         http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
         call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
-        return sse_or_json(http.post(url, json=call, headers=headers), 2)
+        return answer_of(http.post(url, json=call, headers=headers), 2)
 
 
 # --- one gateway in front of healthy and faulty upstreams -----------------------------------

@@ -311,6 +311,12 @@ class ExchangedCredentials(UpstreamCredentials):
         return value
 
 
+def _target_params(config: ExchangeCredentialConfig | ClientCredentialsConfig) -> dict[str, str]:
+    """The token request's audience, resource (RFC 8707) and scope, as configured."""
+    params = {"audience": config.audience or "", "resource": config.resource or "", "scope": " ".join(config.scopes)}
+    return {key: value for key, value in params.items() if value}
+
+
 class ClientCredentialsGrant(UpstreamCredentials):
     """The gateway's own token for the upstream (client credentials grant), cached until near expiry."""
 
@@ -334,13 +340,7 @@ class ClientCredentialsGrant(UpstreamCredentials):
         """`Authorization: Bearer <the gateway's token>`."""
         async with self._lock:
             if self._token is None or self._token[0] <= time.monotonic():
-                form = {"grant_type": "client_credentials"}
-                if self.config.scopes:
-                    form["scope"] = " ".join(self.config.scopes)
-                if self.config.audience:
-                    form["audience"] = self.config.audience
-                if self.config.resource:
-                    form["resource"] = self.config.resource
+                form = {"grant_type": "client_credentials", **_target_params(self.config)}
                 value, lifetime = await self._client.request(form, "client credentials grant")
                 self.grants += 1
                 self._token = (_fresh_until(lifetime), value)
