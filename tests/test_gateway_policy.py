@@ -395,3 +395,38 @@ async def test_upstream_with_its_own_oauth_github_remote_pattern(tmp_path: Path)
             assert "X-Api-Key" in str(refused)
             assert ADMIN_KEY not in (tmp_path / "gh.log").read_text()
             assert DEV_KEY not in gw.log_text() and "gho_from_github" not in gw.log_text()
+
+
+def test_claims_forwarded_as_headers_on_a_shared_session(idp: Idp, tmp_path: Path) -> None:  # noqa: F811
+    """auth.claim_to_header: each call carries its own caller's claims, even on one shared upstream session."""
+    import sys
+
+    from tests.support.processes import running, wait_for_port
+    from tests.support.tools import ROOT, free_port
+
+    up_port, gw_port = free_port(), free_port()
+    resource = f"http://127.0.0.1:{gw_port}/mcp"
+    cfg = {
+        "auth": {"mode": ["oauth", "api_key"], "resource": resource, "authorization_servers": [idp.issuer],
+                 "claim_to_header": {"sub": "X-Consumer-Sub", "groups": "X-Consumer-Groups"},
+                 "api_keys": [{"consumer": "alice", "groups": ["developer"], "sha256": DEV_HASH}]},
+        "upstreams": {"gh": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp"}},
+    }
+    args = [sys.executable, "-m", "tests.servers.github_like", "--transport", "streamable-http", "--port", str(up_port)]
+    with running(args, cwd=ROOT, log=tmp_path / "gh.log") as proc:
+        wait_for_port(up_port, proc=proc)
+        with run_gateway(cfg, tmp_path, port=gw_port, wait_healthy=True) as gw:
+            token = idp.client_credentials(resource=resource)["access_token"]
+
+            async def whoami(key: str) -> dict[str, Any]:
+                async with _client(gw.mcp, key) as client:
+                    return json.loads((await client.call_tool("gh__whoami", {})).content[0].text)
+
+            seen = anyio.run(whoami, token)
+            assert seen["forwarded"]["x-consumer-sub"] == _jwt_claims(token)["sub"]
+            assert seen["forwarded"]["x-consumer-groups"] == "engineering"
+            assert seen["authorization"] is None  # the caller's token is not forwarded
+            # another caller on the same session: its own identity, not the previous caller's
+            assert anyio.run(whoami, DEV_KEY)["forwarded"] == {"x-consumer-sub": "alice",
+                                                              "x-consumer-groups": "developer"}
+            assert gw.health()["upstreams"]["gh"]["connects"] == 1

@@ -801,6 +801,7 @@ def _call_context(ctx: ServerRequestContext[Any, Any], consumer: Consumer, **ext
     headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())} if scope else None
     return CallContext(
         consumer=consumer, peer=_Peer(ctx), access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY), request_headers=headers,
+        headers=dict(consumer.forwarded_claims),  # auth.claim_to_header, for HTTP upstreams
         **extra,
     )
 

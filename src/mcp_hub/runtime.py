@@ -3,14 +3,14 @@ registrations) and keeps it in step with its config file (SIGHUP, file changes, 
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 
 from mcp_hub.auth.config import AuthConfig
 from mcp_hub.auth.gateway_auth import GatewayAuth, check_bind
@@ -29,17 +29,6 @@ from mcp_hub.upstreams.mcp import McpUpstream
 from mcp_hub.upstreams.per_consumer import PerConsumerUpstream
 
 logger = logging.getLogger(__name__)
-
-
-class _CredentialAuth(httpx2.Auth):
-    """Adds a gateway-owned upstream credential to every request of an upstream's HTTP client."""
-
-    def __init__(self, credentials: Any) -> None:
-        self.credentials = credentials
-
-    async def async_auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
-        request.headers.update(await self.credentials.headers(anonymous(), None, {}))
-        yield request
 
 
 def upstream_factory(
@@ -66,7 +55,7 @@ def upstream_factory(
                 continue
             upstream = upstreams[name]
             if isinstance(cfg, StreamableHttpUpstreamConfig | SseUpstreamConfig) and isinstance(upstream, McpUpstream):
-                upstream.http_auth = _CredentialAuth(credentials)
+                upstream.credential_headers = functools.partial(credentials.headers, anonymous(), None, {})
         if registry is not None:
             upstreams.update(registry.upstreams(taken=set(upstreams)))
         return upstreams

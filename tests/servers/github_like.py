@@ -73,6 +73,8 @@ def create_server() -> MCPServer[Any]:
             "authorization": authorization,
             "env_token": env_token,
             "login": "octocat" if (authorization or env_token) else None,
+            # headers a gateway forwards (claim_to_header), so tests can see them
+            "forwarded": {k: v for k, v in (headers or {}).items() if k.startswith("x-consumer")},
         }
 
     @tool(READ)

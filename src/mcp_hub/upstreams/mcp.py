@@ -12,8 +12,9 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,28 @@ CLIENT_INFO = types.Implementation(name="mcp-hub", version=__version__)
 _PAGE_CAP = 200  # a paginator that never ends cannot hang a refresh
 
 
+HeaderSource = Callable[[], Awaitable[dict[str, str]]]
+# Headers for the upstream request made by the current call (e.g. forwarded claims). The SDK's HTTP
+# transport sends each message in its sender's context, so the HTTP client's auth flow sees them.
+CALL_HEADERS: ContextVar[dict[str, str] | None] = ContextVar("mcp_hub_call_headers", default=None)
+
+
+class UpstreamAuth(httpx2.Auth):
+    """Adds an upstream's credential headers (from `source`) and the current call's headers to every
+    HTTP request to it."""
+
+    def __init__(self, source: HeaderSource | None = None) -> None:
+        self.source = source
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        if self.source is not None:
+            request.headers.update(await self.source())
+        extra = CALL_HEADERS.get()
+        if extra:
+            request.headers.update(extra)
+        yield request
+
+
 class _WatchedDispatcher(JSONRPCDispatcher[Any]):
     """A dispatcher that tells when its connection has ended (EOF or transport failure)."""
 
@@ -93,8 +116,8 @@ class McpUpstream(Upstream):
         self._seq = 0
         self._notification_listeners: list[NotificationListener] = []
         self._http_client = http_client
-        # A gateway-owned credential added to every HTTP request to this upstream.
-        self.http_auth: httpx2.Auth | None = None
+        # Where this upstream's credential headers come from (gateway-owned, or a consumer's).
+        self.credential_headers: HeaderSource | None = None
         self.protocol_version: str | None = None
         self.capabilities: types.ServerCapabilities | None = None
         self.connects = 0
@@ -125,7 +148,8 @@ class McpUpstream(Upstream):
                 yield streams
         elif isinstance(cfg, SseUpstreamConfig):
             async with sse_client(
-                cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout, auth=self.http_auth
+                cfg.url, headers=dict(cfg.headers), timeout=cfg.connect_timeout,
+                auth=UpstreamAuth(self.credential_headers),
             ) as streams:
                 yield streams
         else:
@@ -134,7 +158,7 @@ class McpUpstream(Upstream):
                 if client is None:
                     client = httpx2.AsyncClient(
                         headers=dict(cfg.headers),
-                        auth=self.http_auth,
+                        auth=UpstreamAuth(self.credential_headers),
                         timeout=httpx2.Timeout(cfg.connect_timeout, read=cfg.call_timeout + 5),
                         follow_redirects=False,
                     )
@@ -328,6 +352,17 @@ class McpUpstream(Upstream):
     async def _request(self, ctx: CallContext, what: str, send: Callable[[ClientSession], Awaitable[Any]]) -> Any:
         session = self._require_session()
         timeout = ctx.timeout or self.config.call_timeout
+        reset = CALL_HEADERS.set(ctx.headers or None)
+        try:
+            return await self._send_tracked(session, ctx, what, send, limit=timeout)
+        finally:
+            CALL_HEADERS.reset(reset)
+
+    async def _send_tracked(
+        self, session: ClientSession, ctx: CallContext, what: str, send: Callable[[ClientSession], Awaitable[Any]],
+        *, limit: float,
+    ) -> Any:
+        timeout = limit
         with self._tracked(ctx):
             try:
                 with anyio.fail_after(timeout):

@@ -9,14 +9,14 @@ tools; what each user may do with them is the upstream's business).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
-import httpx2
 import mcp_types as types
 from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.auth.provider import AccessToken
@@ -37,19 +37,6 @@ class _Caller:
     consumer: Consumer
     token: AccessToken | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
-
-
-class _CallerAuth(httpx2.Auth):
-    """Puts the consumer's upstream credential on every request of its session."""
-
-    def __init__(self, credentials: UpstreamCredentials, caller: _Caller) -> None:
-        self.credentials = credentials
-        self.caller = caller
-
-    async def async_auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
-        caller = self.caller
-        request.headers.update(await self.credentials.headers(caller.consumer, caller.token, caller.headers))
-        yield request
 
 
 @dataclass
@@ -150,7 +137,7 @@ class PerConsumerUpstream(Upstream):
                 raise UpstreamUnavailable(f"upstream {self.name!r}: {exc}") from None
             caller = _Caller(ctx.consumer, ctx.access_token, ctx.request_headers or {})
             upstream = McpUpstream(self.name, self.config)
-            upstream.http_auth = _CallerAuth(self.credentials, caller)
+            upstream.credential_headers = functools.partial(self._caller_headers, caller)
             scope = await self._open(upstream)
             self._sessions[key] = _Session(upstream, caller, scope)
             if upstream.state != UpstreamState.UP:
@@ -165,6 +152,10 @@ class PerConsumerUpstream(Upstream):
                     prompts=list(upstream.catalog.prompts),
                 ))
             return upstream
+
+    async def _caller_headers(self, caller: _Caller) -> dict[str, str]:
+        # Read at each request: the consumer's latest token and headers (tokens get refreshed).
+        return await self.credentials.headers(caller.consumer, caller.token, caller.headers)
 
     async def prepare(self, ctx: CallContext) -> None:
         """Open the caller's session before a listing, so the catalog is known."""
