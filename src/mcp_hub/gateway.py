@@ -429,7 +429,8 @@ class Gateway:
     def health(self) -> dict[str, Any]:
         ups = {name: u.health() for name, u in self.upstreams.items()}
         status = "ok" if all(u["state"] == "up" for u in ups.values()) else "degraded"
-        out: dict[str, Any] = {"status": status, "version": __version__, "upstreams": ups}
+        out: dict[str, Any] = {"status": status, "version": __version__, "upstreams": ups,
+                               "tasks": _task_count()}
         if self.collisions:
             out["collisions"] = self.collisions
         return out
@@ -819,6 +820,16 @@ def _progress_fn(ctx: ServerRequestContext[Any, Any]) -> Any:
             await ctx.session.send_progress_notification(token, value, total, message, related_request_id=request_id)
 
     return progress
+
+
+def _task_count() -> int | None:
+    """How many asyncio tasks the process has (a leak shows as a count that keeps growing)."""
+    import asyncio
+
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (stdio tests, tools)
+        return None
 
 
 def _route_specs(config: GatewayConfig) -> list[ServerRoute]:

@@ -56,6 +56,9 @@ McpUpstreamConfig = StdioUpstreamConfig | SseUpstreamConfig | StreamableHttpUpst
 NotificationListener = Callable[["McpUpstream", types.ServerNotification], Awaitable[None]]
 CLIENT_INFO = types.Implementation(name="mcp-hub", version=__version__)
 _PAGE_CAP = 200  # a paginator that never ends cannot hang a refresh
+# Idle connections are dropped well before common servers' keep-alive timeouts (uvicorn: 5 s): reusing
+# one the server is closing fails that POST, and the SDK's transport then ends the whole session.
+UPSTREAM_LIMITS = httpx2.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=2.0)
 
 
 HeaderSource = Callable[[], Awaitable[dict[str, str]]]
@@ -161,6 +164,7 @@ class McpUpstream(Upstream):
                         auth=UpstreamAuth(self.credential_headers),
                         timeout=httpx2.Timeout(cfg.connect_timeout, read=cfg.call_timeout + 5),
                         follow_redirects=False,
+                        limits=UPSTREAM_LIMITS,
                     )
                     await stack.enter_async_context(client)
                 async with streamable_http_client(cfg.url, http_client=client) as streams:
