@@ -430,3 +430,18 @@ def test_claims_forwarded_as_headers_on_a_shared_session(idp: Idp, tmp_path: Pat
             assert anyio.run(whoami, DEV_KEY)["forwarded"] == {"x-consumer-sub": "alice",
                                                               "x-consumer-groups": "developer"}
             assert gw.health()["upstreams"]["gh"]["connects"] == 1
+
+
+async def test_session_scope_per_consumer_isolates_callers(tmp_path: Path) -> None:
+    """`session_scope: per_consumer` without caller credentials: one upstream process per consumer, so a
+    server-to-client request can always be tied to its caller."""
+    cfg = _config()
+    cfg["upstreams"] = {"tiny": {**python_server("tests.servers.demo_server", "--transport", "stdio"),
+                                 "session_scope": "per_consumer"}}
+    cfg["groups"]["developer"]["tools"] = {"allow": ["tiny__*"]}
+    with run_gateway(cfg, tmp_path) as gw:
+        for key in (DEV_KEY, ADMIN_KEY):
+            async with _client(gw.mcp, key) as client:
+                assert "tiny__echo" in [t.name for t in (await client.list_tools()).tools]
+                assert (await client.call_tool("tiny__echo", {"text": key[:12]})).content[0].text == key[:12]
+        assert gw.health()["upstreams"]["tiny"]["sessions"] == 2

@@ -41,16 +41,19 @@ def upstream_factory(
     def build(config: GatewayConfig) -> dict[str, Upstream]:
         upstreams = build_upstreams(config)
         for name, cfg in config.upstreams.items():
-            if not cfg.credentials:
+            if not cfg.credentials and cfg.session_scope == "shared":
                 continue
             credentials = credential_source.credentials(cfg.credentials)
-            if credentials.belongs_to_caller:
-                if not isinstance(cfg, StreamableHttpUpstreamConfig | SseUpstreamConfig):
+            if credentials.belongs_to_caller or cfg.session_scope == "per_consumer":
+                if credentials.belongs_to_caller and not isinstance(
+                    cfg, StreamableHttpUpstreamConfig | SseUpstreamConfig
+                ):
                     raise ConfigError([
                         f"upstreams.{name}.credentials: a caller-owned credential (passthrough, exchange) "
                         "needs an HTTP upstream (sse or streamable-http)"
                     ])
-                # The upstream knows the user by the credential on the session: one session per consumer.
+                # The upstream knows the user by the credential on the session (or the operator asked for
+                # isolation, e.g. a stdio server that keeps per-user state): one session per consumer.
                 upstreams[name] = PerConsumerUpstream(name, cfg, credentials)
                 continue
             upstream = upstreams[name]
