@@ -25,10 +25,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.processes import stop, wait_for_http, wait_for_port  # noqa: E402
+from tests.support.processes import stop, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
-from bench.proc import rss_mib  # noqa: E402
+from bench.proc import rss_mib, wait_gateway_ready  # noqa: E402
 from mcp_hub.auth.identity import Consumer  # noqa: E402
 from mcp_hub.auth.keys import new_api_key  # noqa: E402
 
@@ -125,12 +125,7 @@ def main() -> None:
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "gw.log", "wb"), start_new_session=True)
     try:
         wait_for_port(up_port, proc=upstream)
-        wait_for_http(f"http://127.0.0.1:{gw_port}/healthz", proc=gateway, timeout=120)
-        deadline = time.monotonic() + 120
-        while httpx2.get(f"http://127.0.0.1:{gw_port}/healthz").json()["status"] != "ok":
-            if time.monotonic() > deadline:
-                raise SystemExit("upstreams did not come up")
-            time.sleep(0.2)
+        wait_gateway_ready(gw_port, gateway, timeout=120)
         rss_before = rss_mib(gateway.pid)
         url = f"http://127.0.0.1:{gw_port}/mcp"
         print(f"{args.upstreams} upstreams x {args.tools} tools = {args.upstreams * args.tools} tools; "

@@ -27,17 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import yaml
 from mcp import Client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.processes import stop, wait_for_http, wait_for_port  # noqa: E402
+from tests.support.processes import stop, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
-from bench.proc import cpu_seconds, rss_mib  # noqa: E402
+from bench.proc import measure, wait_gateway_ready  # noqa: E402
 
 FASTMCP_VENV = ROOT / ".tools" / "fastmcp-venv"
 FASTMCP_VERSION = "4.1.2"  # 4.1.3+ needs a certifi the registry here does not serve
@@ -135,12 +134,7 @@ def main() -> None:
         # why: the FastMCP venv must not see this repository's modules or the project's venv
         proxy = start([str(fastmcp), str(tmp / "fastmcp_proxy.py"), upstream_url, str(fm_port)], "fastmcp.log",
                       {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")})
-        wait_for_http(f"http://127.0.0.1:{hub_port}/healthz", proc=hub, timeout=60)
-        deadline = time.monotonic() + 60
-        while httpx2.get(f"http://127.0.0.1:{hub_port}/healthz").json()["status"] != "ok":
-            if time.monotonic() > deadline:
-                raise SystemExit(f"mcp-hub's upstream did not come up; see {tmp / 'hub.log'}")
-            time.sleep(0.2)
+        wait_gateway_ready(hub_port, hub, timeout=60)
         wait_for_port(fm_port, proc=proxy, timeout=60)
         targets = {
             "direct": (upstream_url, "echo", upstream.pid),
@@ -148,15 +142,8 @@ def main() -> None:
             "FastMCP proxy": (f"http://127.0.0.1:{fm_port}/mcp", "echo", proxy.pid),
         }
         load_before = os.getloadavg()
-        results: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for _ in range(args.rounds):
-            for c in args.concurrency:
-                for name, (url, tool, pid) in targets.items():
-                    cpu0 = cpu_seconds(pid)
-                    r = anyio.run(load, url, tool, c, args.seconds, payload)
-                    r["cpu_ms_per_call"] = (cpu_seconds(pid) - cpu0) * 1000 / max(r["calls"], 1)
-                    r["rss"] = rss_mib(pid)
-                    results.setdefault((name, c), []).append(r)
+        results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload),
+                          args.rounds, args.concurrency)
         report(args, targets, results, load_before)
     finally:
         for proc in reversed(procs):

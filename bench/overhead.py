@@ -14,22 +14,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import anyio
-import httpx2
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.processes import stop, wait_for_http, wait_for_port  # noqa: E402
+from tests.support.processes import stop, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
 from bench.compare import load  # noqa: E402
-from bench.proc import cpu_seconds, rss_mib  # noqa: E402
+from bench.proc import measure, wait_gateway_ready  # noqa: E402
 
 
 def main() -> None:
@@ -55,25 +52,13 @@ def main() -> None:
     )
     try:
         wait_for_port(up_port, proc=upstream)
-        wait_for_http(f"http://127.0.0.1:{gw_port}/healthz", proc=gateway, timeout=60)
-        deadline = time.monotonic() + 30
-        while httpx2.get(f"http://127.0.0.1:{gw_port}/healthz").json()["status"] != "ok":
-            if time.monotonic() > deadline:
-                raise SystemExit("gateway's upstream did not come up")
-            time.sleep(0.2)
+        wait_gateway_ready(gw_port, gateway, timeout=60)
         targets = {
             "direct": (f"http://127.0.0.1:{up_port}/mcp", "echo", upstream.pid),
             "mcp-hub": (f"http://127.0.0.1:{gw_port}/mcp", "up__echo", gateway.pid),
         }
-        results: dict[tuple[str, int], list[dict[str, Any]]] = {}
-        for _ in range(args.rounds):
-            for c in args.concurrency:
-                for name, (url, tool, pid) in targets.items():
-                    cpu0 = cpu_seconds(pid)
-                    r = anyio.run(load, url, tool, c, args.seconds, payload)
-                    r["cpu_ms_per_call"] = (cpu_seconds(pid) - cpu0) * 1000 / max(r["calls"], 1)
-                    r["rss_mb"] = rss_mib(pid)
-                    results.setdefault((name, c), []).append(r)
+        results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload),
+                          args.rounds, args.concurrency)
         print(f"tools/call echo, {args.payload}-byte payload, {args.rounds} interleaved rounds of {args.seconds:g}s")
         print(f"{'target':<10}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}{'RSS MB':>9}")
         summary: dict[tuple[str, int], dict[str, float]] = {}
@@ -84,7 +69,7 @@ def main() -> None:
                 "p99": max(r["p99"] for r in runs),
                 "errors": sum(r["errors"] for r in runs),
                 "cpu": statistics.mean(r["cpu_ms_per_call"] for r in runs),
-                "rss": runs[-1]["rss_mb"],
+                "rss": runs[-1]["rss"],
             }
             summary[(name, c)] = agg
             print(f"{name:<10}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"

@@ -1,9 +1,15 @@
-"""Figures of a running process read from /proc: resident memory and CPU time."""
+"""What the benchmarks share: process figures from /proc, waiting for a gateway, interleaved measuring."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import httpx2
+from tests.support.processes import wait_for_http
 
 
 def rss_mib(pid: int) -> float:
@@ -21,3 +27,33 @@ def cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_gateway_ready(port: int, proc: Any, timeout: float) -> None:
+    """Wait until the gateway on `port` answers /healthz and reports every upstream up."""
+    wait_for_http(f"http://127.0.0.1:{port}/healthz", proc=proc, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while httpx2.get(f"http://127.0.0.1:{port}/healthz").json()["status"] != "ok":
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the gateway's upstreams did not come up within {timeout:g}s")
+        time.sleep(0.2)
+
+
+def measure(
+    targets: dict[str, tuple[str, str, int]],
+    run: Callable[[str, str, int], dict[str, Any]],
+    rounds: int,
+    concurrency: list[int],
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Interleaved rounds: every target at every concurrency, `run(url, tool, C)` each time, with the
+    target process's CPU per call and RSS added to each result."""
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for _ in range(rounds):
+        for c in concurrency:
+            for name, (url, tool, pid) in targets.items():
+                cpu0 = cpu_seconds(pid)
+                r = run(url, tool, c)
+                r["cpu_ms_per_call"] = (cpu_seconds(pid) - cpu0) * 1000 / max(r["calls"], 1)
+                r["rss"] = rss_mib(pid)
+                results.setdefault((name, c), []).append(r)
+    return results

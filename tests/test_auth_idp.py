@@ -37,19 +37,10 @@ from mcp_hub.auth.metadata import resource_metadata_url
 from mcp_hub.auth.verifier import build_verifier
 from tests.support.clients import claude_mcp_list, sdk_session
 from tests.support.idp import Idp, idp, idp_server, serve_asgi  # noqa: F401 - `idp` is a fixture
+from tests.support.rpc import MCP_HEADERS, initialize_request
 from tests.support.tools import free_port
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "auth-test", "version": "0"},
-    },
-}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = initialize_request(client="auth-test")
 # Reused: a new httpx2 client costs ~80 ms of CPU here (it builds an SSL context).
 HTTP = httpx2.Client(timeout=10)
 

@@ -17,19 +17,10 @@ from mcp_hub.auth.errors import AuthServerUnavailable, InvalidToken
 from mcp_hub.auth.gateway_auth import GatewayAuth
 from mcp_hub.auth.verifier import IntrospectionVerifier, OAuthVerifier, build_verifier
 from tests.support.idp import Idp, idp, idp_server, serve_asgi, signing_jwks  # noqa: F401 - fixture
+from tests.support.rpc import MCP_HEADERS, initialize_request
 from tests.support.tools import free_port
 
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "auth-test", "version": "0"},
-    },
-}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = initialize_request(client="auth-test")
 
 
 def rogue_token(issuer: str, resource: str, kid: str = "rogue") -> str:

@@ -29,14 +29,12 @@ from tests.servers.launch import http_server
 from tests.support.gateway import RunningGateway, python_server, run_gateway, wait_until
 from tests.support.idp import idp_server
 from tests.support.processes import running, wait_for_port
-from tests.support.rpc import answer_of
+from tests.support.rpc import MCP_HEADERS, answer_of, initialize_request
 from tests.support.tools import ROOT, executable, free_port
 
 FAULTY = "tests.servers.faulty_server"
 DEMO = "tests.servers.demo_server"
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
-MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = initialize_request()
 
 
 # --- process inspection ---------------------------------------------------------------------

@@ -26,13 +26,13 @@ from hypothesis import strategies as st
 from mcp_hub.auth.keys import new_api_key
 from tests.support.gateway import RunningGateway, python_server, run_gateway, wait_until
 from tests.support.idp import serve_asgi
+from tests.support.rpc import initialize_request
 from tests.support.tools import free_port
 
 DEMO = "tests.servers.demo_server"
 PROTOCOL = "2025-06-18"
 ACCEPT = "application/json, text/event-stream"
-INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "sec", "version": "0"}}}
+INIT = initialize_request(PROTOCOL, "sec")
 
 
 # --- real local HTTP services that record what reaches them ---------------------------------

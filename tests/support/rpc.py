@@ -20,3 +20,12 @@ def answer_of(response: httpx2.Response, request_id: Any) -> dict[str, Any]:
             if message.get("id") == request_id:
                 return dict(message)
     raise ValueError(f"HTTP {response.status_code}: no answer to {request_id!r} in {response.text[:300]!r}")
+
+
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def initialize_request(version: str = "2025-06-18", client: str = "test") -> dict[str, Any]:
+    """A raw JSON-RPC `initialize` request (id 1) for tests that speak HTTP directly."""
+    return {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": client, "version": "0"}}}
