@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_hub.auth.identity import Consumer, anonymous
 from mcp_hub.auth.metadata import resource_for_path, resource_metadata_url, upstream_resource_routes
 from mcp_hub.config import GatewayConfig
+from mcp_hub.fastpath import DirectCalls
 from mcp_hub.gateway import CONSUMER_SCOPE_KEY, Gateway
 
 LOOPBACK_NAMES = ("localhost",)
@@ -141,6 +142,9 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
         )
         managers.append(manager)
         endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
+        if config.listen.direct_calls:
+            endpoint = DirectCalls(endpoint, gateway, route.path, manager, json_response=config.listen.json_response,
+                                   max_body=config.listen.max_request_body, stats=gateway.direct_stats)
         endpoint = protect(endpoint, route.path)
         if route.path in upstream_as:
             resource = _route_resource(gateway, route.path)

@@ -111,6 +111,11 @@ class ListenConfig(_Model):
     port: int = Field(default=8000, ge=0, le=65535)
     stateless: bool = Field(default=False, description="Stateless Streamable HTTP: replicas need no affinity.")
     json_response: bool = False
+    direct_calls: bool = Field(
+        default=True,
+        description="Serve tools/call of handshake-era sessions to 2026-07-28 Streamable HTTP upstreams on the "
+        "gateway's direct path (same policy, no SDK session in between); false sends every call through the SDK.",
+    )
     separator: str = Field(default="__", pattern=r"^[A-Za-z0-9_-]{1,3}$")
     max_request_body: int = Field(default=4 * 1024 * 1024, gt=0)
     allowed_hosts: list[str] | None = Field(

@@ -129,6 +129,14 @@ def _log_level(ctx: ServerRequestContext[Any, Any]) -> str | None:
     return connection.state.get(_LOG_LEVEL_STATE, "debug") if connection is not None else "debug"
 
 
+@dataclass(slots=True)
+class DirectStats:
+    """tools/call requests served on the direct path, and those it handed to the SDK (see fastpath.py)."""
+
+    calls: int = 0
+    handed_over: int = 0
+
+
 class CollisionError(Exception):
     """Two upstreams offer the same exposed name at start: the config must say which gets which name."""
 
@@ -199,6 +207,7 @@ class Gateway:
         self._validators: dict[tuple[int, str], Any] = {}
         self._refresh_pending = False
         self._tg: anyio.abc.TaskGroup | None = None
+        self.direct_stats = DirectStats()
         for spec in _route_specs(config):
             self.routes[spec.path] = Route(
                 path=spec.path,
@@ -430,7 +439,9 @@ class Gateway:
         ups = {name: u.health() for name, u in self.upstreams.items()}
         status = "ok" if all(u["state"] == "up" for u in ups.values()) else "degraded"
         out: dict[str, Any] = {"status": status, "version": __version__, "upstreams": ups,
-                               "tasks": _task_count()}
+                               "tasks": _task_count(),
+                               "direct_calls": {"served": self.direct_stats.calls,
+                                                "handed_to_sdk": self.direct_stats.handed_over}}
         if self.collisions:
             out["collisions"] = self.collisions
         return out
@@ -706,6 +717,23 @@ class Gateway:
         where = "/".join(str(p) for p in first.absolute_path) or "arguments"
         return f"{where}: {first.message}"[:500]
 
+    def open_call(
+        self, view: CatalogView, consumer: Consumer, name: str, arguments: dict[str, Any] | None
+    ) -> tuple[Any, Source]:
+        """A tools/call's record, after the ACL and the argument check; MCPError (recorded) when refused."""
+        entry = view.tool(name)
+        call = self.pipeline.start_call(view, consumer, name, entry)
+        call.arguments = arguments
+        if entry is None or not call.allowed:
+            self.pipeline.finish_call(call, CallOutcome.DENIED if entry is not None else CallOutcome.UNKNOWN)
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
+        tool, source = entry
+        problem = self.check_arguments(view, tool, arguments)
+        if problem is not None:
+            self.pipeline.finish_call(call, CallOutcome.INVALID)
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid arguments for tool {name}: {problem}")
+        return call, source
+
     async def call_tool(
         self,
         route: Route,
@@ -716,17 +744,7 @@ class Gateway:
         """tools/call through ACL, argument check, budgets, the upstream, charging and audit."""
         view = route.view
         name = params.name
-        entry = view.tool(name)
-        call = self.pipeline.start_call(view, consumer, name, entry)
-        call.arguments = params.arguments
-        if entry is None or not call.allowed:
-            self.pipeline.finish_call(call, CallOutcome.DENIED if entry is not None else CallOutcome.UNKNOWN)
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
-        tool, source = entry
-        problem = self.check_arguments(view, tool, params.arguments)
-        if problem is not None:
-            self.pipeline.finish_call(call, CallOutcome.INVALID)
-            raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid arguments for tool {name}: {problem}")
+        call, source = self.open_call(view, consumer, name, params.arguments)
         upstream = self.upstreams.get(source.upstream)
         wait = getattr(getattr(upstream, "config", None), "call_timeout", 300.0)
         modern = ctx.protocol_version in MODERN_PROTOCOL_VERSIONS

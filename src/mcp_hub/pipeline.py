@@ -119,7 +119,7 @@ class Pipeline:
     async def admit(self, call: Call, arguments: dict[str, Any] | None) -> None:
         return None
 
-    async def charge(self, call: Call, result: types.CallToolResult, outcome: CallOutcome) -> None:
+    async def charge(self, call: Call, result: types.CallToolResult | dict[str, Any], outcome: CallOutcome) -> None:
         self.finish_call(call, outcome)
 
     def finish_call(self, call: Call, outcome: CallOutcome, error: str | None = None) -> None:
@@ -234,17 +234,15 @@ class PolicyPipeline(Pipeline):
             raise MCPError(code=LIMIT_EXCEEDED, message=exc.message, data=exc.data) from None
         call.tokens_in = self.counter.count(arguments or {})
 
-    async def charge(self, call: Call, result: types.CallToolResult, outcome: CallOutcome) -> None:
-        reported = usage_from_meta(result.meta)
+    async def charge(self, call: Call, result: types.CallToolResult | dict[str, Any], outcome: CallOutcome) -> None:
+        meta, output = _usage_parts(result)
+        reported = usage_from_meta(meta)
         if reported is not None:
             call.tokens_in, call.tokens_out = reported
         else:
             if not call.tokens_in:
                 call.tokens_in = self.counter.count(call.arguments or {})
-            call.tokens_out = self.counter.count(
-                result.structured_content if result.structured_content is not None else
-                [c.model_dump(mode="json", exclude_none=True) for c in result.content]
-            )
+            call.tokens_out = self.counter.count(output)
         if self.has_budgets and outcome in (CallOutcome.OK, CallOutcome.ERROR_RESULT):
             await self.budgets.charge(call.consumer, call.tool, call.upstream, call.tokens_in, call.tokens_out)
         self.finish_call(call, outcome)
@@ -268,6 +266,17 @@ class PolicyPipeline(Pipeline):
 
     def audit(self, event: dict[str, Any]) -> None:
         audit_event(event)
+
+
+def _usage_parts(result: types.CallToolResult | dict[str, Any]) -> tuple[Any, Any]:
+    """A tool result's `_meta` and the output its tokens are counted on, from the model or its wire JSON."""
+    if isinstance(result, dict):
+        structured = result.get("structuredContent")
+        return result.get("_meta"), structured if structured is not None else result.get("content") or []
+    return result.meta, (
+        result.structured_content if result.structured_content is not None else
+        [c.model_dump(mode="json", exclude_none=True) for c in result.content]
+    )
 
 
 # Prometheus outcomes are a small fixed set.

@@ -36,7 +36,13 @@ from mcp.shared.subscriptions import (
     ResourceUpdated,
     ToolsListChanged,
 )
-from mcp_types import CONNECTION_CLOSED, LOG_LEVEL_META_KEY
+from mcp_types import (
+    CLIENT_CAPABILITIES_META_KEY,
+    CLIENT_INFO_META_KEY,
+    CONNECTION_CLOSED,
+    LOG_LEVEL_META_KEY,
+    PROTOCOL_VERSION_META_KEY,
+)
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_hub import __version__
@@ -49,6 +55,8 @@ from mcp_hub.upstreams.base import (
     UpstreamState,
     UpstreamUnavailable,
 )
+from mcp_hub.upstreams.direct import DirectChannel, Notify
+from mcp_hub.upstreams.wire import Pool, WireError
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +132,8 @@ class McpUpstream(Upstream):
         self.protocol_version: str | None = None
         self.capabilities: types.ServerCapabilities | None = None
         self.connects = 0
+        # Set while connected to a 2026-07-28 Streamable HTTP upstream: the gateway's direct call path.
+        self.direct: DirectChannel | None = None
 
     def health(self) -> dict[str, Any]:
         out = super().health()
@@ -200,12 +210,39 @@ class McpUpstream(Upstream):
                     catalog = await self._list_catalog(session)
                 self._dispatcher = dispatcher
                 self._session = session
+                self.direct = self._direct_channel(session)
                 self._set_catalog(catalog)
                 try:
                     yield session
                 finally:
+                    if self.direct is not None:
+                        self.direct.pool.close()
+                    self.direct = None
                     self._session = None
                     self._dispatcher = None
+
+    def _direct_channel(self, session: ClientSession) -> DirectChannel | None:
+        """The lean call path, when this connection can take it: 2026-07-28 over Streamable HTTP."""
+        version = session.protocol_version
+        build = getattr(session, "_build_capabilities", None)
+        cfg = self.config
+        if (
+            not isinstance(cfg, StreamableHttpUpstreamConfig) or self._http_client is not None
+            or version not in MODERN_PROTOCOL_VERSIONS or build is None or not Pool.usable(cfg.url)
+        ):
+            return None
+        envelope = {
+            PROTOCOL_VERSION_META_KEY: version,
+            CLIENT_INFO_META_KEY: CLIENT_INFO.model_dump(by_alias=True, mode="json", exclude_none=True),
+            CLIENT_CAPABILITIES_META_KEY: build(version).model_dump(by_alias=True, mode="json", exclude_none=True),
+        }
+        pool = Pool(cfg.url, keepalive_expiry=UPSTREAM_LIMITS.keepalive_expiry or 2.0)
+        return DirectChannel(pool, envelope, version, headers=dict(cfg.headers), credentials=self.credential_headers)
+
+    def _set_catalog(self, catalog: UpstreamCatalog) -> None:
+        if self.direct is not None:
+            self.direct.learn(catalog.tools)
+        super()._set_catalog(catalog)
 
     async def _list_catalog(self, session: ClientSession) -> UpstreamCatalog:
         caps = session.server_capabilities or types.ServerCapabilities()
@@ -413,6 +450,58 @@ class McpUpstream(Upstream):
             return result
 
         return await self._request(ctx, f"tools/call {name}", send)
+
+    async def call_tool_direct(
+        self, name: str, arguments: dict[str, Any] | None, ctx: CallContext, *,
+        progress_token: Any = None, notify: Notify | None = None,
+    ) -> dict[str, Any]:
+        """`call_tool` on the direct path: the upstream's result as the JSON it sent.
+
+        Notifications the upstream streams for the call (progress under the caller's own token, log
+        messages at the caller's level) go to `notify` as they come. Failures are the same as
+        `call_tool`'s: UpstreamUnavailable when the upstream is gone or too slow, MCPError for its
+        JSON-RPC errors.
+        """
+        channel = self.direct
+        if channel is None or self.state != UpstreamState.UP:
+            self._require_session()
+            raise UpstreamUnavailable(f"upstream {self.name!r} has no direct call path")
+        meta = dict(channel.envelope)
+        if ctx.log_level:
+            meta[LOG_LEVEL_META_KEY] = ctx.log_level
+        if progress_token is not None:
+            meta["progressToken"] = progress_token
+        timeout = ctx.timeout or self.config.call_timeout
+        what = f"tools/call {name}"
+        try:
+            with anyio.fail_after(timeout):
+                extra: dict[str, Any] | None = None
+                for _ in range(9):
+                    message = await channel.call(name, arguments, meta, notify, headers=ctx.headers, extra_params=extra)
+                    error = message.get("error")
+                    if error is not None:
+                        raise MCPError(
+                            code=error.get("code", types.INTERNAL_ERROR), message=str(error.get("message", "")),
+                            data=error.get("data"),
+                        )
+                    result = message.get("result")
+                    if not isinstance(result, dict):
+                        raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} sent no result")
+                    if result.get("resultType") != "input_required":
+                        channel.check_output(name, result)
+                        return result
+                    asked = types.InputRequiredResult.model_validate(result, by_name=False)
+                    extra = {"inputResponses": await self._fulfil(asked, ctx)}
+                    if asked.request_state is not None:
+                        extra["requestState"] = asked.request_state
+                raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} kept asking for input")
+        except TimeoutError:
+            raise UpstreamUnavailable(f"upstream {self.name!r} did not answer {what} within {timeout:g}s") from None
+        except WireError as exc:
+            self._kick.set()
+            if exc.closed:  # worded as the SDK path words it
+                raise UpstreamUnavailable(f"upstream {self.name!r} closed the connection during {what}") from None
+            raise UpstreamUnavailable(f"upstream {self.name!r} failed during {what}: {exc}") from None
 
     def _request_meta(self, ctx: CallContext) -> dict[str, Any] | None:
         # A 2026-07-28 upstream logs only to requests that opt in; pass the caller's opt-in along.

@@ -1,0 +1,431 @@
+"""The direct path for `tools/call`: the gateway's hot path without the SDK in between.
+
+Relaying a call through the SDK's server session and then its client session costs the gateway
+about twice the CPU of the upstream server that does the work. On the common pairing (a
+handshake-era client on a stateful session, calling a tool of a 2026-07-28 upstream over
+Streamable HTTP) this wrapper answers the `tools/call` POST itself: it reads the JSON-RPC request,
+runs it through the same policy pipeline (ACL, argument check, budgets, charging, audit, metrics),
+sends it upstream as one HTTP exchange (`upstreams/direct.py`) and writes the answer in the same
+format the SDK transport would. Everything else, and any request it is not sure about, goes to the
+SDK's Streamable HTTP transport unchanged, which also answers all malformed input.
+
+What a call can need on the way is kept: progress and log messages stream back on the call's
+response; a 2026-07-28 upstream's `input_required` questions are put to the caller as
+sampling/elicitation/roots requests on that stream, whose answers (POSTed back on the session)
+this wrapper takes; `notifications/cancelled` or a closed connection cancel the upstream request.
+
+Sessions are the SDK transport's: a call is taken only for a session the SDK opened and still
+holds, from the credential that opened it, and counts as activity for the session's idle timer.
+`listen.direct_calls: false` turns the path off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import mcp_types as types
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_hub.auth.identity import Consumer
+from mcp_hub.gateway import ACCESS_TOKEN_SCOPE_KEY, CONSUMER_SCOPE_KEY, DirectStats
+from mcp_hub.pipeline import CallOutcome
+from mcp_hub.upstreams.base import CallContext, DownstreamPeer, UpstreamUnavailable
+from mcp_hub.upstreams.mcp import McpUpstream
+
+if TYPE_CHECKING:
+    from mcp_hub.gateway import Gateway
+
+logger = logging.getLogger(__name__)
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"connection", b"keep-alive"),
+    (b"x-accel-buffering", b"no"),
+]
+# The capability a caller must have declared for each request an upstream may put to it.
+_NEEDS = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation", "roots/list": "roots"}
+
+
+@dataclass(slots=True)
+class _Session:
+    """What the wrapper learnt of a stateful session when it opened, and since."""
+
+    capabilities: dict[str, Any]
+    log_level: str = "debug"
+    calls: dict[Any, anyio.CancelScope] = field(default_factory=dict)
+
+
+class _Reply:
+    """The HTTP response of one call: an SSE stream (the SDK's default) or one JSON body."""
+
+    def __init__(self, send: Send, session_id: str, sse: bool) -> None:
+        self.send = send
+        self.session_id = session_id.encode("latin-1")
+        self.sse = sse
+        self.started = False
+
+    async def _start(self) -> None:
+        self.started = True
+        headers = _SSE_HEADERS if self.sse else [(b"content-type", b"application/json")]
+        await self.send({"type": "http.response.start", "status": 200,
+                         "headers": [*headers, (b"mcp-session-id", self.session_id)]})
+
+    async def event(self, message: dict[str, Any]) -> None:
+        """A message before the answer (SSE only: a JSON reply carries the answer alone)."""
+        if not self.sse:
+            return
+        if not self.started:
+            await self._start()
+        await self.send({"type": "http.response.body", "body": _frame(message), "more_body": True})
+
+    async def finish(self, message: dict[str, Any] | None) -> None:
+        if not self.started:
+            await self._start()
+        body = b"" if message is None else _frame(message) if self.sse else _json(message)
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _StreamPeer(DownstreamPeer):
+    """The caller of a direct call, for an upstream's questions: asked on the call's own stream."""
+
+    def __init__(self, owner: DirectCalls, session_id: str, session: _Session, reply: _Reply) -> None:
+        self.owner = owner
+        self.session_id = session_id
+        self.session = session
+        self.reply = reply
+
+    def supports(self, method: str) -> bool:
+        need = _NEEDS.get(method)
+        return self.reply.sse and need is not None and need in self.session.capabilities
+
+    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        key = (self.session_id, f"mcphub-{next(self.owner.ids)}")
+        answered = anyio.Event()
+        box: dict[str, Any] = {}
+        self.owner.waiting[key] = (answered, box)
+        try:
+            message: dict[str, Any] = {"jsonrpc": "2.0", "id": key[1], "method": method}
+            if params is not None:
+                message["params"] = params
+            await self.reply.event(message)
+            await answered.wait()
+        finally:
+            self.owner.waiting.pop(key, None)
+        if "error" in box:
+            error = box["error"] if isinstance(box["error"], dict) else {}
+            raise MCPError(code=error.get("code", types.INTERNAL_ERROR), message=str(error.get("message", "")),
+                           data=error.get("data"))
+        result = box.get("result")
+        return result if isinstance(result, dict) else {}
+
+    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
+        await self.reply.event({"jsonrpc": "2.0", "method": "notifications/message",
+                                "params": params.model_dump(by_alias=True, mode="json", exclude_none=True)})
+
+
+class DirectCalls:
+    """ASGI wrapper of one route's Streamable HTTP endpoint (inside auth, which names the consumer)."""
+
+    def __init__(
+        self, app: ASGIApp, gateway: Gateway, path: str, manager: StreamableHTTPSessionManager, *,
+        json_response: bool, max_body: int, stats: DirectStats,
+    ) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.path = path
+        self.manager = manager
+        self.json_response = json_response
+        self.max_body = max_body
+        self.stats = stats
+        self.sessions: dict[str, _Session] = {}
+        self.waiting: dict[tuple[str, Any], tuple[anyio.Event, dict[str, Any]]] = {}
+        self.ids = itertools.count(1)
+        # The SDK transport's session table; without it (another SDK layout) every call goes to the SDK.
+        self._instances: dict[str, Any] | None = getattr(manager, "_server_instances", None)
+        self._owners: dict[str, Any] = getattr(manager, "_session_owners", {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope.get("method") if scope["type"] == "http" else None
+        if method == "DELETE":
+            session_id = _header(scope, b"mcp-session-id")
+            if session_id is not None:
+                self.sessions.pop(session_id, None)
+        if method != "POST" or self._instances is None:
+            await self.app(scope, receive, send)
+            return
+        events, body = await _read_body(receive, self.max_body)
+        replay = _replaying(events, receive)
+        message = _parse(body) if body is not None else None
+        if message is None:
+            await self.app(scope, replay, send)
+            return
+        session_id = _header(scope, b"mcp-session-id")
+        kind = message.get("method")
+        if session_id is None:
+            if kind == "initialize" and not self.manager.stateless:
+                await self._opening(message, scope, replay, send)
+                return
+        elif kind is None and "id" in message:
+            waiter = self.waiting.get((session_id, message.get("id")))
+            if waiter is not None:
+                waiter[1].update(message)
+                waiter[0].set()
+                await send({"type": "http.response.start", "status": 202,
+                            "headers": [(b"mcp-session-id", session_id.encode("latin-1"))]})
+                await send({"type": "http.response.body", "body": b""})
+                return
+        elif kind == "tools/call" and "id" in message:
+            if await self._call(message, session_id, scope, receive, send):
+                return
+            self.stats.handed_over += 1
+        else:
+            self._observe(session_id, kind, message)
+        await self.app(scope, replay, send)
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    async def _opening(self, message: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
+        """An initialize: pass it to the SDK and note the session it opens, with the caller's capabilities."""
+        params = message.get("params")
+        capabilities = params.get("capabilities") if isinstance(params, dict) else None
+        opened: list[str] = []
+
+        async def watch(event: Message) -> None:
+            if event["type"] == "http.response.start" and event.get("status") == 200:
+                opened.extend(v.decode("latin-1") for k, v in event.get("headers", ()) if k == b"mcp-session-id")
+            await send(event)
+
+        await self.app(scope, receive, watch)
+        if opened:
+            self.sessions[opened[0]] = _Session(capabilities if isinstance(capabilities, dict) else {})
+            if len(self.sessions) > 2 * len(self._instances or ()) + 64:
+                live = self._instances or {}
+                self.sessions = {k: v for k, v in self.sessions.items() if k in live}
+
+    def _observe(self, session_id: str, kind: Any, message: dict[str, Any]) -> None:
+        """Requests the SDK serves that the direct path must know of: log level, cancellation."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            return
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        if kind == "logging/setLevel" and isinstance(params.get("level"), str):
+            session.log_level = params["level"]
+        elif kind == "notifications/cancelled":
+            scope = session.calls.get(_hashable(params.get("requestId")))
+            if scope is not None:
+                scope.cancel()
+
+    def _live_session(self, session_id: str, scope: Scope) -> tuple[_Session, Any] | None:
+        session = self.sessions.get(session_id)
+        transport = (self._instances or {}).get(session_id)
+        if session is None or transport is None or getattr(transport, "is_terminated", True):
+            return None
+        user = scope.get("user")
+        requestor = authorization_context(user) if isinstance(user, AuthenticatedUser) else None
+        if requestor != self._owners.get(session_id):
+            return None  # the SDK answers it as an unknown session
+        return session, transport
+
+    # -- a call ----------------------------------------------------------------------------------
+
+    async def _call(self, message: dict[str, Any], session_id: str, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Serve a tools/call directly; False (having done nothing) when the SDK should serve it."""
+        params = message.get("params")
+        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+            return False
+        arguments = params.get("arguments")
+        if arguments is not None and not isinstance(arguments, dict):
+            return False
+        version = _header(scope, b"mcp-protocol-version")
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            return False
+        if not _acceptable(scope, self.json_response):
+            return False
+        live = self._live_session(session_id, scope)
+        route = self.gateway.routes.get(self.path)
+        if live is None or route is None:
+            return False
+        session, transport = live
+        entry = route.view.tool(params["name"])
+        if entry is None:
+            return False
+        upstream = self.gateway.upstreams.get(entry[1].upstream)
+        if type(upstream) is not McpUpstream or upstream.direct is None:
+            return False
+        consumer = scope.get(CONSUMER_SCOPE_KEY)
+        if not isinstance(consumer, Consumer):
+            return False
+        self.stats.calls += 1
+        reply = _Reply(send, session_id, sse=not self.json_response)
+        with _activity(transport):
+            answer = await self._serve(message, params, arguments, upstream, route, consumer, session_id, session,
+                                       reply, scope, receive)
+        await reply.finish(answer)
+        return True
+
+    async def _serve(
+        self, message: dict[str, Any], params: dict[str, Any], arguments: dict[str, Any] | None,
+        upstream: McpUpstream, route: Any, consumer: Consumer, session_id: str, session: _Session,
+        reply: _Reply, scope: Scope, receive: Receive,
+    ) -> dict[str, Any] | None:
+        """The call through the pipeline and the upstream; the JSON-RPC answer (None: cancelled)."""
+        request_id = message["id"]
+        pipeline = self.gateway.pipeline
+        name = params["name"]
+        try:
+            call, source = self.gateway.open_call(route.view, consumer, name, arguments)
+            await pipeline.admit(call, arguments)
+        except MCPError as exc:
+            return _error(request_id, exc)
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        ctx = CallContext(
+            consumer=consumer,
+            peer=_StreamPeer(self, session_id, session, reply),
+            access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY),
+            request_headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())},
+            headers=dict(consumer.forwarded_claims),
+            log_level=session.log_level,
+        )
+        key = _hashable(request_id)
+        outcome: dict[str, Any] | UpstreamUnavailable | MCPError | None = None
+        with anyio.CancelScope() as cancel:
+            session.calls[key] = cancel
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_cancel_on_disconnect, receive, cancel)
+                    try:
+                        outcome = await upstream.call_tool_direct(
+                            source.original, arguments, ctx, progress_token=meta.get("progressToken"),
+                            notify=reply.event,
+                        )
+                    except (UpstreamUnavailable, MCPError) as exc:
+                        outcome = exc
+                    tg.cancel_scope.cancel()
+            finally:
+                session.calls.pop(key, None)
+        if outcome is None:
+            pipeline.finish_call(call, CallOutcome.CANCELLED)
+            return None
+        if isinstance(outcome, MCPError):
+            pipeline.finish_call(call, CallOutcome.ERROR, error=outcome.error.message)
+            return _error(request_id, outcome)
+        if isinstance(outcome, UpstreamUnavailable):
+            result: dict[str, Any] = {"content": [{"type": "text", "text": str(outcome)}], "isError": True}
+            await pipeline.charge(call, result, CallOutcome.UNAVAILABLE)
+        else:
+            result = {k: v for k, v in outcome.items() if k != "resultType"}  # a 2026-07-28 field
+            await pipeline.charge(call, result, CallOutcome.ERROR_RESULT if result.get("isError") else CallOutcome.OK)
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+@contextlib.contextmanager
+def _activity(transport: Any) -> Any:
+    """Hold the SDK session's idle timer while the call runs, as the SDK does for its own requests."""
+    idle = getattr(transport, "idle_scope", None)
+    timeout = getattr(transport, "_idle_timeout", None)
+    if idle is None or timeout is None or not hasattr(transport, "_requests_in_flight"):
+        yield
+        return
+    transport._requests_in_flight += 1
+    idle.deadline = math.inf
+    try:
+        yield
+    finally:
+        transport._requests_in_flight -= 1
+        if not transport._requests_in_flight:
+            idle.deadline = anyio.current_time() + timeout
+
+
+def _error(request_id: Any, exc: MCPError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": exc.error.model_dump(by_alias=True, mode="json",
+                                                                            exclude_none=True)}
+
+
+def _frame(message: dict[str, Any]) -> bytes:
+    return b"event: message\r\ndata: " + _json(message) + b"\r\n\r\n"
+
+
+def _json(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _hashable(value: Any) -> Any:
+    """A JSON-RPC id as a dict key (ids are scalars; anything else is keyed by its JSON)."""
+    return value if isinstance(value, _SCALARS) else json.dumps(value)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _acceptable(scope: Scope, json_response: bool) -> bool:
+    """Content-Type JSON, and an Accept the SDK transport would take for this response mode."""
+    content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        return False
+    types_ = {t.split(";")[0].strip().lower() for t in (_header(scope, b"accept") or "").split(",")}
+    wild = "*/*" in types_
+    has_json = wild or bool(types_ & {"application/json", "application/*"})
+    has_sse = wild or bool(types_ & {"text/event-stream", "text/*"})
+    return has_json if json_response else has_json and has_sse
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
+    """The request's ASGI events as read, and the whole body (None past `limit` or on a disconnect)."""
+    events: list[Message] = []
+    size = 0
+    while True:
+        event = await receive()
+        events.append(event)
+        if event["type"] != "http.request":
+            return events, None
+        size += len(event.get("body", b""))
+        if size > limit:
+            return events, None  # the SDK answers 413 from the replayed events
+        if not event.get("more_body", False):
+            return events, b"".join(e.get("body", b"") for e in events)
+
+
+def _replaying(events: list[Message], receive: Receive) -> Receive:
+    """A receive that gives the events read already, then the real ones (the rest, the disconnect)."""
+    pending = list(events)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+def _parse(body: bytes) -> dict[str, Any] | None:
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return message if isinstance(message, dict) else None
+

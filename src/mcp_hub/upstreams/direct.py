@@ -1,0 +1,191 @@
+"""`tools/call` to a 2026-07-28 Streamable HTTP upstream as one plain HTTP exchange.
+
+A 2026-07-28 request is self-contained: no session, the protocol version, client info and
+capabilities ride in `_meta`. So the gateway's hot path writes the request and reads the answer
+itself instead of going through the SDK's client session, whose memory streams, tasks and model
+round-trips cost about as much CPU per call as the upstream's whole server. What the SDK client
+does that matters is kept here: the envelope, the `Mcp-Method`/`Mcp-Name` and `Mcp-Param-*`
+headers, the upstream's credentials (the same HTTP client and auth flow), notifications the
+upstream streams while it works, and validation of structured output against the tool's schema.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import jsonschema
+import jsonschema.exceptions
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import (
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
+    MCP_PROTOCOL_VERSION_HEADER,
+    mcp_param_headers,
+    x_mcp_header_map,
+)
+
+from mcp_hub import __version__
+from mcp_hub.upstreams.wire import Pool
+
+Notify = Callable[[dict[str, Any]], Awaitable[None]]
+HeaderSource = Callable[[], Awaitable[dict[str, str]]]
+_ACCEPT = "application/json, text/event-stream"
+_AGENT = f"mcp-hub/{__version__}"
+
+
+class DirectChannel:
+    """Raw `tools/call` requests to one connected 2026-07-28 upstream.
+
+    Built once per connection from what the SDK session negotiated; the catalog it was built
+    with supplies the tools' header annotations and output schemas.
+    """
+
+    def __init__(
+        self, pool: Pool, envelope: dict[str, Any], version: str, *,
+        headers: dict[str, str], credentials: HeaderSource | None,
+    ) -> None:
+        self.pool = pool
+        self.static_headers = {k.lower(): v for k, v in headers.items()}
+        self.credentials = credentials
+        self.envelope = envelope
+        self.version = version
+        self._ids = itertools.count(1)
+        self._header_maps: dict[str, dict[tuple[str, ...], str]] = {}
+        self._schemas: dict[str, dict[str, Any]] = {}
+        self._validators: dict[str, Any] = {}
+
+    def learn(self, tools: list[types.Tool]) -> None:
+        """Take in the upstream's (re)listed tools: header annotations and output schemas."""
+        self._header_maps = {}
+        self._schemas = {}
+        self._validators = {}
+        for tool in tools:
+            mapping = x_mcp_header_map(tool.input_schema)
+            if mapping:
+                self._header_maps[tool.name] = mapping
+            if tool.output_schema is not None:
+                self._schemas[tool.name] = tool.output_schema
+
+    async def call(
+        self,
+        name: str,
+        arguments: dict[str, Any] | None,
+        meta: dict[str, Any],
+        notify: Notify | None,
+        *,
+        headers: dict[str, str] | None = None,
+        extra_params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Send one `tools/call` and return the JSON-RPC response message for it."""
+        request_id = next(self._ids)
+        params: dict[str, Any] = {"name": name}
+        if arguments is not None:
+            params["arguments"] = arguments
+        if extra_params:
+            params.update(extra_params)
+        params["_meta"] = meta
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params},
+            separators=(",", ":"), ensure_ascii=False,
+        ).encode()
+        out = {
+            "content-type": "application/json",
+            "accept": _ACCEPT,
+            "user-agent": _AGENT,
+            **self.static_headers,
+            MCP_PROTOCOL_VERSION_HEADER: self.version,
+            MCP_METHOD_HEADER: "tools/call",
+            MCP_NAME_HEADER: name,
+        }
+        mapping = self._header_maps.get(name)
+        if mapping:
+            out.update(mcp_param_headers(mapping, arguments or {}))
+        if self.credentials is not None:
+            out.update({k.lower(): v for k, v in (await self.credentials()).items()})
+        if headers:
+            out.update({k.lower(): v for k, v in headers.items()})
+        response = await self.pool.post(body, out)
+        try:
+            content_type = response.headers.get("content-type", "").lower()
+            if content_type.startswith("text/event-stream"):
+                async for message in _sse_messages(response.chunks()):
+                    if message.get("id") == request_id and "method" not in message:
+                        return message
+                    if "method" in message and "id" not in message and notify is not None:
+                        await notify(message)
+                raise MCPError(code=types.INTERNAL_ERROR, message="the upstream's stream ended without an answer")
+            raw = await response.read()
+            if content_type.startswith("application/json"):
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    message = None
+                if isinstance(message, dict) and ("result" in message or "error" in message):
+                    return message
+            raise MCPError(
+                code=types.INTERNAL_ERROR,
+                message=f"the upstream answered HTTP {response.status} without a JSON-RPC response",
+            )
+        finally:
+            response.close()
+
+    def check_output(self, name: str, result: dict[str, Any]) -> None:
+        """Structured output against the tool's declared output schema, as the SDK client checks it."""
+        if result.get("isError"):
+            return
+        schema = self._schemas.get(name)
+        if schema is None:
+            return
+        validator = self._validators.get(name)
+        if validator is None:
+            try:
+                cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+                validator = self._validators[name] = cls(schema)
+            except Exception as exc:  # noqa: BLE001 - a broken schema is the upstream's fault, said so
+                raise MCPError(code=types.INTERNAL_ERROR, message=f"Invalid schema for tool {name}: {exc}") from None
+        if "structuredContent" not in result:
+            raise MCPError(
+                code=types.INTERNAL_ERROR, message=f"Tool {name} has an output schema but did not return structured content"
+            )
+        error = jsonschema.exceptions.best_match(validator.iter_errors(result["structuredContent"]))
+        if error is not None:
+            raise MCPError(
+                code=types.INTERNAL_ERROR, message=f"Invalid structured content returned by tool {name}: {error.message}"
+            )
+
+
+async def _sse_messages(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON-RPC messages of a `text/event-stream` body (comments and keep-alives skipped)."""
+    data: list[str] = []
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            if not line:
+                if data:
+                    message = _decode("\n".join(data))
+                    data = []
+                    if message is not None:
+                        yield message
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            if field == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+    if data and (message := _decode("\n".join(data))) is not None:
+        yield message
+
+
+def _decode(text: str) -> dict[str, Any] | None:
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
