@@ -1,7 +1,13 @@
 """tools/call latency and throughput: directly against a Streamable HTTP upstream and through mcp-hub.
 
-Both targets are measured in one interleaved run (direct, gateway, direct, gateway, ...) so the
-ratios compare like with like on a shared 2-core machine. Prints a table and the ratios.
+Targets, all in front of one demo server (its `echo` tool, 2026-07-28 over Streamable HTTP), called by
+handshake-era SDK clients on stateful sessions (what Claude Code and VS Code speak today):
+- direct: the upstream itself;
+- mcp-hub: the gateway as configured by default (tools/call on its direct path, fastpath.py);
+- mcp-hub/sdk: the same gateway with `listen.direct_calls: false` (every call through the SDK's server
+  and client sessions), to show what the direct path saves.
+All are measured in one interleaved run (direct, mcp-hub, mcp-hub/sdk, direct, ...) so the ratios
+compare like with like on a shared 2-core machine. Prints a table and the ratios against direct.
 
     .venv/bin/python bench/overhead.py [--seconds 5] [--rounds 2] [--payload 100]
 """
@@ -46,23 +52,32 @@ def main() -> None:
     )
     config = {"upstreams": {"up": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp"}}}
     (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(tmp / "gw.yaml"), "--port", str(gw_port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "gw.log", "wb"), start_new_session=True,
-    )
+    (tmp / "gw-sdk.yaml").write_text(yaml.safe_dump({**config, "listen": {"direct_calls": False}}))
+    sdk_port = free_port()
+    gateways = {
+        port: subprocess.Popen(
+            [sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(tmp / name), "--port", str(port)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"),
+            start_new_session=True,
+        )
+        for port, name in ((gw_port, "gw.yaml"), (sdk_port, "gw-sdk.yaml"))
+    }
     try:
         wait_for_port(up_port, proc=upstream)
-        wait_gateway_ready(gw_port, gateway, timeout=60)
+        for port, gateway in gateways.items():
+            wait_gateway_ready(port, gateway, timeout=60)
         targets = {
             "direct": (f"http://127.0.0.1:{up_port}/mcp", "echo", upstream.pid),
-            "mcp-hub": (f"http://127.0.0.1:{gw_port}/mcp", "up__echo", gateway.pid),
+            "mcp-hub": (f"http://127.0.0.1:{gw_port}/mcp", "up__echo", gateways[gw_port].pid),
+            "mcp-hub/sdk": (f"http://127.0.0.1:{sdk_port}/mcp", "up__echo", gateways[sdk_port].pid),
         }
         results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload),
                           args.rounds, args.concurrency)
         print(f"tools/call echo, {args.payload}-byte payload, {args.rounds} interleaved rounds of {args.seconds:g}s")
-        print(f"{'target':<10}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}{'RSS MB':>9}")
+        print(f"{'target':<12}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}{'RSS MB':>9}")
         summary: dict[tuple[str, int], dict[str, float]] = {}
-        for (name, c), runs in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0] != "direct")):
+        order = list(targets)
+        for (name, c), runs in sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
             agg = {
                 "rate": statistics.mean(r["rate"] for r in runs),
                 "p50": statistics.median(r["p50"] for r in runs),
@@ -72,16 +87,32 @@ def main() -> None:
                 "rss": runs[-1]["rss"],
             }
             summary[(name, c)] = agg
-            print(f"{name:<10}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
+            print(f"{name:<12}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
                   f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")
         print()
         for c in args.concurrency:
-            d, g = summary[("direct", c)], summary[("mcp-hub", c)]
-            print(f"C={c}: throughput mcp-hub/direct = {g['rate'] / d['rate']:.2f} (target >= 0.50); "
-                  f"added p50 = {g['p50'] - d['p50']:.2f} ms" + (" (target <= 2 ms)" if c == 1 else ""))
+            d = summary[("direct", c)]
+            for name in ("mcp-hub", "mcp-hub/sdk"):
+                g = summary[(name, c)]
+                print(f"C={c}: throughput {name}/direct = {g['rate'] / d['rate']:.2f}"
+                      + (" (target >= 0.50)" if name == "mcp-hub" else "")
+                      + f"; added p50 = {g['p50'] - d['p50']:.2f} ms"
+                      + (" (target <= 2 ms)" if c == 1 and name == "mcp-hub" else ""))
+        print(f"direct-path calls served / handed to the SDK: {_direct_counts(gw_port)}")
     finally:
-        stop(gateway)
+        for gateway in gateways.values():
+            stop(gateway)
         stop(upstream)
+
+
+def _direct_counts(port: int) -> str:
+    """The gateway's own count of calls it served on the direct path (from /healthz)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        counts = json.load(response).get("direct_calls", {})
+    return f"{counts.get('served')} / {counts.get('handed_to_sdk')}"
 
 
 if __name__ == "__main__":

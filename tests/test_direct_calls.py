@@ -1,0 +1,319 @@
+"""The direct call path (fastpath.py, upstreams/direct.py, upstreams/wire.py) against real processes.
+
+Two gateways in front of the same demo server (2026-07-28 over Streamable HTTP): one with the direct
+path (the default), one with `listen.direct_calls: false`. Every call a handshake-era client can make
+must come back the same from both, and the first gateway's own count proves it took the direct path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+
+from mcp_hub.upstreams.wire import Pool, WireError
+from tests.support.gateway import RunningGateway, run_gateway, wait_until
+from tests.support.processes import running, wait_for_port
+from tests.support.rpc import MCP_HEADERS, answer_of, initialize_request
+from tests.support.tools import ROOT, free_port
+
+
+def _demo(port: int, tmp: Path, name: str) -> Any:
+    args = [sys.executable, "-m", "tests.servers.demo_server", "--transport", "streamable-http",
+            "--port", str(port), "--name", name]
+    return running(args, cwd=ROOT, log=tmp / f"{name}.log")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("direct")
+    port = free_port()
+    with _demo(port, tmp, "up") as proc:
+        wait_for_port(port, proc=proc)
+        upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp", "call_timeout": 3}
+        policy = {"default_acl": "allow", "groups": {}, "consumers": {}}
+        fast_cfg = {"upstreams": {"up": upstream}, **policy}
+        sdk_cfg = {"upstreams": {"up": upstream}, "listen": {"direct_calls": False}, **policy}
+        with run_gateway(fast_cfg, tmp, wait_healthy=True, name="fast") as fast, \
+                run_gateway(sdk_cfg, tmp, wait_healthy=True, name="sdk") as sdk:
+            yield {"fast": fast, "sdk": sdk, "port": port, "tmp": tmp}
+
+
+def _served(gw: RunningGateway, what: str = "served") -> int:
+    """Calls the gateway served on its direct path (or, what="handed_to_sdk", left to the SDK path)."""
+    return int(gw.health()["direct_calls"][what])
+
+
+async def _outcome(url: str, tool: str, arguments: dict[str, Any], **kwargs: Any) -> Any:
+    """A call's result (as JSON) or its error (code, message), from a handshake-era SDK client."""
+    async with Client(url, mode="legacy", **kwargs) as client:
+        await client.list_tools()
+        try:
+            result = await client.call_tool(tool, arguments)
+        except MCPError as exc:
+            return ("error", exc.error.code, exc.error.message)
+        return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+CALLS = [
+    ("up__echo", {"text": "héllo"}),
+    ("up__add", {"a": 2, "b": 40}),
+    ("up__tiny_image", {}),
+    ("up__big", {"n_bytes": 300_000}),
+    ("up__echo", {"text": 5}),  # invalid arguments: refused before the upstream
+    ("up__nope", {}),  # unknown tool
+]
+
+
+@pytest.mark.parametrize(("tool", "arguments"), CALLS, ids=[f"{t}-{i}" for i, (t, _) in enumerate(CALLS)])
+async def test_same_answers_on_both_paths(pair: dict[str, Any], tool: str, arguments: dict[str, Any]) -> None:
+    # an unknown name is left to the SDK path, which answers it; everything else is served directly
+    counter = "handed_to_sdk" if tool == "up__nope" else "served"
+    before = _served(pair["fast"], counter)
+    fast = await _outcome(pair["fast"].mcp, tool, arguments)
+    sdk = await _outcome(pair["sdk"].mcp, tool, arguments)
+    assert fast == sdk
+    assert _served(pair["fast"], counter) == before + 1
+    assert _served(pair["sdk"]) == 0
+
+
+async def test_structured_output_and_image_are_kept(pair: dict[str, Any]) -> None:
+    async with Client(pair["fast"].mcp, mode="legacy") as client:
+        await client.list_tools()
+        added = await client.call_tool("up__add", {"a": 2, "b": 40})
+        assert added.structured_content == {"sum": 42}
+        image = await client.call_tool("up__tiny_image", {})
+        assert isinstance(image.content[0], types.ImageContent)
+        assert image.content[0].mime_type == "image/png"
+
+
+async def test_progress_and_logs_stream_on_the_call(pair: dict[str, Any]) -> None:
+    progress: list[float] = []
+    logs: list[Any] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    before = _served(pair["fast"])
+    async with Client(pair["fast"].mcp, mode="legacy", logging_callback=on_log) as client:
+        await client.list_tools()
+        r = await client.call_tool("up__progress", {"steps": 3}, progress_callback=on_progress)
+        assert r.content[0].text == "done 3 steps"
+        r = await client.call_tool("up__log_message", {"text": "from upstream", "level": "warning"})
+        assert r.content[0].text
+    assert progress == [1, 2, 3]
+    assert "from upstream" in json.dumps(logs)
+    assert _served(pair["fast"]) >= before + 2
+
+
+async def test_log_level_of_the_session_is_respected(pair: dict[str, Any]) -> None:
+    logs: list[Any] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    async with Client(pair["fast"].mcp, mode="legacy", logging_callback=on_log) as client:
+        await client.set_logging_level("error")
+        await client.call_tool("up__log_message", {"text": "too chatty", "level": "info"})
+        await client.call_tool("up__log_message", {"text": "serious", "level": "error"})
+    assert "too chatty" not in json.dumps(logs)
+    assert "serious" in json.dumps(logs)
+
+
+async def test_upstream_questions_are_put_to_the_caller(pair: dict[str, Any]) -> None:
+    """A 2026-07-28 upstream's input_required rounds become sampling/elicitation/roots requests on the call's
+    stream; the caller's answers come back on its session."""
+
+    async def sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="forty-two"), model="m"
+        )
+
+    async def elicitation(ctx: Any, params: Any) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"answer": "blue"})
+
+    async def roots(ctx: Any) -> types.ListRootsResult:
+        return types.ListRootsResult(roots=[types.Root(uri="file:///work/repo", name="repo")])
+
+    before = _served(pair["fast"])
+    async with Client(pair["fast"].mcp, mode="legacy", sampling_callback=sampling,
+                      elicitation_callback=elicitation, list_roots_callback=roots) as client:
+        await client.list_tools()
+        assert (await client.call_tool("up__ask_llm", {"prompt": "meaning?"})).content[0].text == "forty-two"
+        assert (await client.call_tool("up__ask_user", {"question": "colour?"})).content[0].text == "blue"
+        listed = await client.call_tool("up__list_client_roots", {})
+        assert "file:///work/repo" in json.dumps(listed.model_dump(mode="json"))
+    assert _served(pair["fast"]) >= before + 3
+
+
+async def test_caller_without_the_capability_gets_the_same_error(pair: dict[str, Any]) -> None:
+    fast = await _outcome(pair["fast"].mcp, "up__ask_llm", {"prompt": "x"})
+    sdk = await _outcome(pair["sdk"].mcp, "up__ask_llm", {"prompt": "x"})
+    assert fast == sdk
+    assert fast[0] == "error" or fast.get("isError")
+
+
+async def test_slow_upstream_times_out_clearly(pair: dict[str, Any]) -> None:
+    async with Client(pair["fast"].mcp, mode="legacy") as client:
+        await client.list_tools()
+        r = await client.call_tool("up__slow", {"seconds": 10})
+        assert r.is_error
+        assert "did not answer tools/call slow within 3s" in r.content[0].text
+        assert (await client.call_tool("up__echo", {"text": "still fine"})).content[0].text == "still fine"
+
+
+async def test_cancelled_call_ends_upstream_request_and_is_audited(pair: dict[str, Any]) -> None:
+    fast: RunningGateway = pair["fast"]
+    async with Client(fast.mcp, mode="legacy") as client:
+        await client.list_tools()
+        with anyio.move_on_after(0.5):
+            await client.call_tool("up__slow", {"seconds": 2.5})
+        # the session goes on, and the gateway recorded the call as cancelled
+        assert (await client.call_tool("up__echo", {"text": "after"})).content[0].text == "after"
+    wait_until(lambda: '"outcome": "cancelled"' in fast.log_text(), timeout=10)
+
+
+def test_raw_http_answer_matches_the_sdk_transport(pair: dict[str, Any]) -> None:
+    """Headers and framing as the SDK transport writes them: SSE, the session id, the request's own id."""
+    for gw in (pair["fast"], pair["sdk"]):
+        with httpx2.Client(timeout=10) as http:
+            init = http.post(gw.mcp, json=initialize_request("2025-11-25"), headers=MCP_HEADERS)
+            session = init.headers["mcp-session-id"]
+            headers = {**MCP_HEADERS, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
+            http.post(gw.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
+            call = {"jsonrpc": "2.0", "id": "abc", "method": "tools/call",
+                    "params": {"name": "up__echo", "arguments": {"text": "x"}, "_meta": {"progressToken": "t"}}}
+            response = http.post(gw.mcp, json=call, headers=headers)
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["mcp-session-id"] == session
+            answer = answer_of(response, "abc")
+            assert answer["result"]["content"] == [{"type": "text", "text": "x"}]
+            assert "resultType" not in answer["result"]  # a 2026-07-28 field, not for this caller
+            # a session that does not exist is the SDK's 404, whichever path
+            gone = http.post(gw.mcp, json=call, headers={**headers, "mcp-session-id": "f" * 32})
+            assert gone.status_code == 404
+
+
+def test_upstream_killed_mid_call_then_back(tmp_path: Path) -> None:
+    port = free_port()
+    config = {"upstreams": {"flaky": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp",
+                                      "health_interval": 0.5}}}
+
+    async def call(url: str, tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        async with Client(url, mode="legacy") as client:
+            return await client.call_tool(tool, arguments)
+
+    with run_gateway(config, tmp_path, wait_healthy=False) as gw:
+        with _demo(port, tmp_path, "flaky") as proc:
+            wait_for_port(port, proc=proc)
+            wait_until(lambda: gw.health()["upstreams"]["flaky"]["state"] == "up", timeout=30)
+            assert anyio.run(call, gw.mcp, "flaky__echo", {"text": "a"}).content[0].text == "a"
+
+            async def killed_mid_call() -> types.CallToolResult:
+                async def kill() -> None:
+                    await anyio.sleep(0.5)
+                    proc.kill()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(kill)
+                    return await call(gw.mcp, "flaky__slow", {"seconds": 5})
+
+            r = anyio.run(killed_mid_call)
+            # "closed the connection during tools/call slow" (killed mid-call; worded as on the SDK path), or
+            # "failed during tools/call slow: cannot connect" when a slow start let the kill come first
+            assert r.is_error and r.content[0].text.startswith("upstream 'flaky' "), r
+            assert "during tools/call slow" in r.content[0].text
+        with _demo(port, tmp_path, "flaky-again") as again:
+            wait_for_port(port, proc=again)
+            wait_until(lambda: gw.health()["upstreams"]["flaky"]["state"] == "up", timeout=30)
+            assert anyio.run(call, gw.mcp, "flaky__echo", {"text": "b"}).content[0].text == "b"
+            assert _served(gw) >= 3
+
+
+# -- the lean HTTP client against a real server ------------------------------------------------------
+
+
+async def _serve_http(handler: Any) -> tuple[asyncio.AbstractServer, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    return await reader.readexactly(length)
+
+
+async def test_wire_pool_reuses_and_survives_a_closed_keepalive() -> None:
+    connections = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answers two requests per connection (chunked), then takes a third and closes without answering:
+        the keep-alive race, where the server drops a connection the client is reusing."""
+        nonlocal connections
+        connections += 1
+        for served in range(3):
+            try:
+                body = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            if served == 2:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\r\n"
+                         + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+            await writer.drain()
+        writer.close()
+
+    server, port = await _serve_http(handler)
+    async with server:
+        pool = Pool(f"http://127.0.0.1:{port}/mcp", keepalive_expiry=30)
+        assert await (await pool.post(b"one", {})).read() == b"one"
+        assert await (await pool.post(b"two", {})).read() == b"two"
+        assert connections == 1  # the second request reused the first connection
+        assert await (await pool.post(b"three", {})).read() == b"three"
+        assert connections == 2  # dropped unanswered: sent again on a fresh connection
+        pool.close()
+
+
+async def test_wire_pool_reports_refused_and_broken_answers() -> None:
+    pool = Pool(f"http://127.0.0.1:{free_port()}/mcp")
+    with pytest.raises(WireError, match="cannot connect"):
+        await pool.post(b"{}", {})
+
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort")
+        await writer.drain()
+        writer.close()
+
+    server, port = await _serve_http(broken)
+    async with server:
+        response = await Pool(f"http://127.0.0.1:{port}/mcp").post(b"{}", {})
+        with pytest.raises(WireError, match="broke off"):
+            await response.read()
+    with pytest.raises(WireError, match="line break"):
+        await Pool("http://127.0.0.1:1/mcp").post(b"{}", {"x-evil": "a\r\nhost: elsewhere"})
+
+
+def test_wire_pool_leaves_proxied_urls_to_httpx(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Pool.usable("http://127.0.0.1:9/mcp")
+    assert not Pool.usable("ftp://host/mcp")
+    assert not Pool.usable("http://user:secret@host/mcp")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    assert not Pool.usable("https://api.example.com/mcp")
+    assert Pool.usable("https://localhost/mcp")
