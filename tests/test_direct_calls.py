@@ -317,3 +317,25 @@ def test_wire_pool_leaves_proxied_urls_to_httpx(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("NO_PROXY", "localhost")
     assert not Pool.usable("https://api.example.com/mcp")
     assert Pool.usable("https://localhost/mcp")
+
+
+async def test_stateless_route_serves_calls_directly(pair: dict[str, Any]) -> None:
+    """listen.stateless: no session to check, no back channel; calls and progress work as on the SDK path."""
+    upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{pair['port']}/mcp"}
+    with run_gateway({"upstreams": {"up": upstream}, "listen": {"stateless": True}}, pair["tmp"],
+                     wait_healthy=True, name="stateless") as gw:
+        progress: list[float] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append(value)
+
+        async with Client(gw.mcp, mode="legacy") as client:
+            await client.list_tools()
+            assert (await client.call_tool("up__echo", {"text": "s"})).content[0].text == "s"
+            r = await client.call_tool("up__progress", {"steps": 2}, progress_callback=on_progress)
+            assert r.content[0].text == "done 2 steps"
+            asked = await _outcome(gw.mcp, "up__ask_llm", {"prompt": "x"})
+        assert progress == [1, 2]
+        assert _served(gw) >= 3
+        # no back channel on a stateless route: the same refusal as the SDK path gives
+        assert asked == await _outcome(pair["sdk"].mcp, "up__ask_llm", {"prompt": "x"})

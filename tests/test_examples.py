@@ -216,6 +216,8 @@ async def test_github_acl(tmp_path: Path) -> None:
             async with session(gw.mcp, admin) as client:
                 who = json.loads((await client.call_tool("github__whoami", {})).content[0].text)
                 assert who["authorization"] == f"Bearer {pat}"  # the gateway's token, not the caller's key
+            # API-key callers, ACL, rate limit and the injected upstream token, all on the direct call path
+            assert gw.health()["direct_calls"]["served"] >= 2
             assert pat not in gw.log_text() and developer not in gw.log_text()
 
 

@@ -70,17 +70,18 @@ class _Session:
 class _Reply:
     """The HTTP response of one call: an SSE stream (the SDK's default) or one JSON body."""
 
-    def __init__(self, send: Send, session_id: str, sse: bool) -> None:
+    def __init__(self, send: Send, session_id: str | None, sse: bool) -> None:
         self.send = send
-        self.session_id = session_id.encode("latin-1")
+        self.session_id = session_id.encode("latin-1") if session_id is not None else None
         self.sse = sse
         self.started = False
 
     async def _start(self) -> None:
         self.started = True
         headers = _SSE_HEADERS if self.sse else [(b"content-type", b"application/json")]
-        await self.send({"type": "http.response.start", "status": 200,
-                         "headers": [*headers, (b"mcp-session-id", self.session_id)]})
+        if self.session_id is not None:
+            headers = [*headers, (b"mcp-session-id", self.session_id)]
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def event(self, message: dict[str, Any]) -> None:
         """A message before the answer (SSE only: a JSON reply carries the answer alone)."""
@@ -100,7 +101,7 @@ class _Reply:
 class _StreamPeer(DownstreamPeer):
     """The caller of a direct call, for an upstream's questions: asked on the call's own stream."""
 
-    def __init__(self, owner: DirectCalls, session_id: str, session: _Session, reply: _Reply) -> None:
+    def __init__(self, owner: DirectCalls, session_id: str | None, session: _Session, reply: _Reply) -> None:
         self.owner = owner
         self.session_id = session_id
         self.session = session
@@ -108,7 +109,8 @@ class _StreamPeer(DownstreamPeer):
 
     def supports(self, method: str) -> bool:
         need = _NEEDS.get(method)
-        return self.reply.sse and need is not None and need in self.session.capabilities
+        return (self.reply.sse and self.session_id is not None and need is not None
+                and need in self.session.capabilities)
 
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
         key = (self.session_id, f"mcphub-{next(self.owner.ids)}")
@@ -177,8 +179,12 @@ class DirectCalls:
             if kind == "initialize" and not self.manager.stateless:
                 await self._opening(message, scope, replay, send)
                 return
+            if kind == "tools/call" and "id" in message and self.manager.stateless:
+                if await self._call(message, None, scope, receive, send):
+                    return
+                self.stats.handed_over += 1
         elif kind is None and "id" in message:
-            waiter = self.waiting.get((session_id, message.get("id")))
+            waiter = self.waiting.get((session_id, _hashable(message.get("id"))))
             if waiter is not None:
                 waiter[1].update(message)
                 waiter[0].set()
@@ -240,8 +246,13 @@ class DirectCalls:
 
     # -- a call ----------------------------------------------------------------------------------
 
-    async def _call(self, message: dict[str, Any], session_id: str, scope: Scope, receive: Receive, send: Send) -> bool:
-        """Serve a tools/call directly; False (having done nothing) when the SDK should serve it."""
+    async def _call(
+        self, message: dict[str, Any], session_id: str | None, scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Serve a tools/call directly; False (having done nothing) when the SDK should serve it.
+
+        `session_id` None: a stateless route, where every request stands alone (no back channel for
+        an upstream's questions, as on the SDK's stateless path)."""
         params = message.get("params")
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
             return False
@@ -253,7 +264,7 @@ class DirectCalls:
             return False
         if not _acceptable(scope, self.json_response):
             return False
-        live = self._live_session(session_id, scope)
+        live = self._live_session(session_id, scope) if session_id is not None else (_Session({}), None)
         route = self.gateway.routes.get(self.path)
         if live is None or route is None:
             return False
@@ -277,7 +288,7 @@ class DirectCalls:
 
     async def _serve(
         self, message: dict[str, Any], params: dict[str, Any], arguments: dict[str, Any] | None,
-        upstream: McpUpstream, route: Any, consumer: Consumer, session_id: str, session: _Session,
+        upstream: McpUpstream, route: Any, consumer: Consumer, session_id: str | None, session: _Session,
         reply: _Reply, scope: Scope, receive: Receive,
     ) -> dict[str, Any] | None:
         """The call through the pipeline and the upstream; the JSON-RPC answer (None: cancelled)."""
