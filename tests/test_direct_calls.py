@@ -54,9 +54,9 @@ def _served(gw: RunningGateway, what: str = "served") -> int:
     return int(gw.health()["direct_calls"][what])
 
 
-async def _outcome(url: str, tool: str, arguments: dict[str, Any], **kwargs: Any) -> Any:
-    """A call's result (as JSON) or its error (code, message), from a handshake-era SDK client."""
-    async with Client(url, mode="legacy", **kwargs) as client:
+async def _outcome(url: str, tool: str, arguments: dict[str, Any], mode: str = "legacy", **kwargs: Any) -> Any:
+    """A call's result (as JSON) or its error (code, message), from an SDK client of that mode."""
+    async with Client(url, mode=mode, **kwargs) as client:
         await client.list_tools()
         try:
             result = await client.call_tool(tool, arguments)
@@ -75,13 +75,15 @@ CALLS = [
 ]
 
 
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
 @pytest.mark.parametrize(("tool", "arguments"), CALLS, ids=[f"{t}-{i}" for i, (t, _) in enumerate(CALLS)])
-async def test_same_answers_on_both_paths(pair: dict[str, Any], tool: str, arguments: dict[str, Any]) -> None:
+async def test_same_answers_on_both_paths(pair: dict[str, Any], tool: str, arguments: dict[str, Any], mode: str) -> None:
+    """legacy: a handshake-era caller on a stateful session; auto: a 2026-07-28 caller (self-contained requests)."""
     # an unknown name is left to the SDK path, which answers it; everything else is served directly
     counter = "handed_to_sdk" if tool == "up__nope" else "served"
     before = _served(pair["fast"], counter)
-    fast = await _outcome(pair["fast"].mcp, tool, arguments)
-    sdk = await _outcome(pair["sdk"].mcp, tool, arguments)
+    fast = await _outcome(pair["fast"].mcp, tool, arguments, mode)
+    sdk = await _outcome(pair["sdk"].mcp, tool, arguments, mode)
     assert fast == sdk
     assert _served(pair["fast"], counter) == before + 1
     assert _served(pair["sdk"]) == 0
@@ -95,6 +97,20 @@ async def test_structured_output_and_image_are_kept(pair: dict[str, Any]) -> Non
         image = await client.call_tool("up__tiny_image", {})
         assert isinstance(image.content[0], types.ImageContent)
         assert image.content[0].mime_type == "image/png"
+
+
+async def test_modern_caller_progress_streams_on_the_call(pair: dict[str, Any]) -> None:
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    before = _served(pair["fast"])
+    async with Client(pair["fast"].mcp, mode="auto") as client:
+        r = await client.call_tool("up__progress", {"steps": 3}, progress_callback=on_progress)
+        assert r.content[0].text == "done 3 steps"
+    assert progress == [1, 2, 3]
+    assert _served(pair["fast"]) == before + 1
 
 
 async def test_progress_and_logs_stream_on_the_call(pair: dict[str, Any]) -> None:
@@ -133,9 +149,11 @@ async def test_log_level_of_the_session_is_respected(pair: dict[str, Any]) -> No
     assert "serious" in json.dumps(logs)
 
 
-async def test_upstream_questions_are_put_to_the_caller(pair: dict[str, Any]) -> None:
-    """A 2026-07-28 upstream's input_required rounds become sampling/elicitation/roots requests on the call's
-    stream; the caller's answers come back on its session."""
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_upstream_questions_are_put_to_the_caller(pair: dict[str, Any], mode: str) -> None:
+    """A 2026-07-28 upstream's input_required rounds reach the caller: as sampling/elicitation/roots requests on
+    the call's stream for a handshake-era session (answers POSTed back on it), as the gateway's own
+    InputRequiredResult rounds for a 2026-07-28 caller."""
 
     async def sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         return types.CreateMessageResult(
@@ -149,7 +167,7 @@ async def test_upstream_questions_are_put_to_the_caller(pair: dict[str, Any]) ->
         return types.ListRootsResult(roots=[types.Root(uri="file:///work/repo", name="repo")])
 
     before = _served(pair["fast"])
-    async with Client(pair["fast"].mcp, mode="legacy", sampling_callback=sampling,
+    async with Client(pair["fast"].mcp, mode=mode, sampling_callback=sampling,
                       elicitation_callback=elicitation, list_roots_callback=roots) as client:
         await client.list_tools()
         assert (await client.call_tool("up__ask_llm", {"prompt": "meaning?"})).content[0].text == "forty-two"
@@ -159,15 +177,17 @@ async def test_upstream_questions_are_put_to_the_caller(pair: dict[str, Any]) ->
     assert _served(pair["fast"]) >= before + 3
 
 
-async def test_caller_without_the_capability_gets_the_same_error(pair: dict[str, Any]) -> None:
-    fast = await _outcome(pair["fast"].mcp, "up__ask_llm", {"prompt": "x"})
-    sdk = await _outcome(pair["sdk"].mcp, "up__ask_llm", {"prompt": "x"})
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_caller_without_the_capability_gets_the_same_error(pair: dict[str, Any], mode: str) -> None:
+    fast = await _outcome(pair["fast"].mcp, "up__ask_llm", {"prompt": "x"}, mode)
+    sdk = await _outcome(pair["sdk"].mcp, "up__ask_llm", {"prompt": "x"}, mode)
     assert fast == sdk
     assert fast[0] == "error" or fast.get("isError")
 
 
-async def test_slow_upstream_times_out_clearly(pair: dict[str, Any]) -> None:
-    async with Client(pair["fast"].mcp, mode="legacy") as client:
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_slow_upstream_times_out_clearly(pair: dict[str, Any], mode: str) -> None:
+    async with Client(pair["fast"].mcp, mode=mode) as client:
         await client.list_tools()
         r = await client.call_tool("up__slow", {"seconds": 10})
         assert r.is_error
@@ -339,3 +359,25 @@ async def test_stateless_route_serves_calls_directly(pair: dict[str, Any]) -> No
         assert _served(gw) >= 3
         # no back channel on a stateless route: the same refusal as the SDK path gives
         assert asked == await _outcome(pair["sdk"].mcp, "up__ask_llm", {"prompt": "x"})
+
+
+def test_modern_raw_requests_match_the_sdk_entry(pair: dict[str, Any]) -> None:
+    """2026-07-28 requests over plain HTTP: the same status and JSON-RPC answer from both paths, for a good call,
+    a refused one (400 from the spec's code-to-status table) and one whose routing header lies."""
+    envelope = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+    def exchange(gw: RunningGateway, arguments: dict[str, Any], name_header: str) -> tuple[int, dict[str, Any]]:
+        headers = {**MCP_HEADERS, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call",
+                   "mcp-name": name_header}
+        body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                "params": {"name": "up__echo", "arguments": arguments, "_meta": envelope}}
+        response = httpx2.post(gw.mcp, json=body, headers=headers, timeout=10)
+        return response.status_code, answer_of(response, 7)
+
+    for arguments, name_header, status in (({"text": "m"}, "up__echo", 200), ({"text": 1}, "up__echo", 400),
+                                           ({"text": "m"}, "up__other", 400)):
+        fast = exchange(pair["fast"], arguments, name_header)
+        sdk = exchange(pair["sdk"], arguments, name_header)
+        assert fast == sdk
+        assert fast[0] == status
+    assert fast[1]["error"]["code"] == types.HEADER_MISMATCH

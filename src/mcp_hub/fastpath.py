@@ -34,6 +34,15 @@ import mcp_types as types
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    MCP_PARAM_HEADER_PREFIX,
+    InboundModernRoute,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+    validate_mcp_param_headers,
+)
+from mcp_types import LOG_LEVEL_META_KEY
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -68,33 +77,51 @@ class _Session:
 
 
 class _Reply:
-    """The HTTP response of one call: an SSE stream (the SDK's default) or one JSON body."""
+    """The HTTP response of one call: an SSE stream (the SDK's default), or one JSON body.
 
-    def __init__(self, send: Send, session_id: str | None, sse: bool) -> None:
+    `sse` None (2026-07-28 callers): JSON unless something is streamed before the answer, as the SDK's
+    per-request entry answers; its JSON errors then carry the status the spec maps their code to.
+    """
+
+    def __init__(self, send: Send, session_id: str | None, sse: bool | None) -> None:
         self.send = send
         self.session_id = session_id.encode("latin-1") if session_id is not None else None
         self.sse = sse
         self.started = False
 
-    async def _start(self) -> None:
+    @property
+    def streams(self) -> bool:
+        return self.sse is not False
+
+    async def _start(self, sse: bool, status: int = 200, length: int | None = None) -> None:
         self.started = True
-        headers = _SSE_HEADERS if self.sse else [(b"content-type", b"application/json")]
+        headers = _SSE_HEADERS if sse else [(b"content-type", b"application/json")]
+        if length is not None:
+            headers = [*headers, (b"content-length", str(length).encode())]
         if self.session_id is not None:
             headers = [*headers, (b"mcp-session-id", self.session_id)]
-        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def event(self, message: dict[str, Any]) -> None:
-        """A message before the answer (SSE only: a JSON reply carries the answer alone)."""
-        if not self.sse:
+        """A message before the answer (not on a JSON reply, which carries the answer alone)."""
+        if self.sse is False:
             return
         if not self.started:
-            await self._start()
+            self.sse = True
+            await self._start(True)
         await self.send({"type": "http.response.body", "body": _frame(message), "more_body": True})
 
     async def finish(self, message: dict[str, Any] | None) -> None:
-        if not self.started:
-            await self._start()
-        body = b"" if message is None else _frame(message) if self.sse else _json(message)
+        if self.sse:
+            if not self.started:
+                await self._start(True)
+            body = b"" if message is None else _frame(message)
+        else:
+            status = 200
+            if self.sse is None and message is not None and "error" in message:
+                status = ERROR_CODE_HTTP_STATUS.get(message["error"].get("code"), 200)
+            body = b"" if message is None else _json(message)
+            await self._start(False, status, len(body))
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -109,7 +136,7 @@ class _StreamPeer(DownstreamPeer):
 
     def supports(self, method: str) -> bool:
         need = _NEEDS.get(method)
-        return (self.reply.sse and self.session_id is not None and need is not None
+        return (self.reply.sse is True and self.session_id is not None and need is not None
                 and need in self.session.capabilities)
 
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -179,7 +206,7 @@ class DirectCalls:
             if kind == "initialize" and not self.manager.stateless:
                 await self._opening(message, scope, replay, send)
                 return
-            if kind == "tools/call" and "id" in message and self.manager.stateless:
+            if kind == "tools/call" and "id" in message:  # a stateless route, or a 2026-07-28 caller
                 if await self._call(message, None, scope, receive, send):
                     return
                 self.stats.handed_over += 1
@@ -252,21 +279,40 @@ class DirectCalls:
         """Serve a tools/call directly; False (having done nothing) when the SDK should serve it.
 
         `session_id` None: a stateless route, where every request stands alone (no back channel for
-        an upstream's questions, as on the SDK's stateless path)."""
+        an upstream's questions, as on the SDK's stateless path). A 2026-07-28 request stands alone
+        by design: its envelope is checked as the SDK checks it, and anything the SDK would refuse
+        is left to the SDK to refuse."""
         params = message.get("params")
-        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+        request_id = message.get("id")
+        if (
+            message.get("jsonrpc") != "2.0" or type(request_id) not in (str, int)
+            or not isinstance(params, dict) or not isinstance(params.get("name"), str)
+        ):
             return False
         arguments = params.get("arguments")
         if arguments is not None and not isinstance(arguments, dict):
             return False
-        version = _header(scope, b"mcp-protocol-version")
-        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            return False
         if not _acceptable(scope, self.json_response):
             return False
-        live = self._live_session(session_id, scope) if session_id is not None else (_Session({}), None)
         route = self.gateway.routes.get(self.path)
-        if live is None or route is None:
+        if route is None:
+            return False
+        version = _header(scope, b"mcp-protocol-version")
+        verdict: InboundModernRoute | None = None
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            verdict = _modern_verdict(message, params, arguments, scope, route)
+            if verdict is None:
+                return False
+            capabilities = verdict.client_capabilities if isinstance(verdict.client_capabilities, dict) else {}
+            live: tuple[_Session, Any] | None = (_Session(capabilities), None)
+            session_id = None
+        elif session_id is not None:
+            live = self._live_session(session_id, scope)
+        elif self.manager.stateless:
+            live = (_Session({}), None)
+        else:
+            return False  # no session on a stateful route: the SDK's refusal
+        if live is None:
             return False
         session, transport = live
         entry = route.view.tool(params["name"])
@@ -279,17 +325,18 @@ class DirectCalls:
         if not isinstance(consumer, Consumer):
             return False
         self.stats.calls += 1
-        reply = _Reply(send, session_id, sse=not self.json_response)
+        sse = False if self.json_response else (None if verdict is not None else True)
+        reply = _Reply(send, session_id, sse)
         with _activity(transport):
             answer = await self._serve(message, params, arguments, upstream, route, consumer, session_id, session,
-                                       reply, scope, receive)
+                                       reply, scope, receive, modern=verdict is not None)
         await reply.finish(answer)
         return True
 
     async def _serve(
         self, message: dict[str, Any], params: dict[str, Any], arguments: dict[str, Any] | None,
         upstream: McpUpstream, route: Any, consumer: Consumer, session_id: str | None, session: _Session,
-        reply: _Reply, scope: Scope, receive: Receive,
+        reply: _Reply, scope: Scope, receive: Receive, *, modern: bool,
     ) -> dict[str, Any] | None:
         """The call through the pipeline and the upstream; the JSON-RPC answer (None: cancelled)."""
         request_id = message["id"]
@@ -303,14 +350,16 @@ class DirectCalls:
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
         ctx = CallContext(
             consumer=consumer,
-            peer=_StreamPeer(self, session_id, session, reply),
+            # a 2026-07-28 caller is asked through InputRequiredResult rounds instead (below)
+            peer=None if modern else _StreamPeer(self, session_id, session, reply),
             access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY),
             request_headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())},
             headers=dict(consumer.forwarded_claims),
-            log_level=session.log_level,
+            log_level=meta.get(LOG_LEVEL_META_KEY) if modern else session.log_level,
         )
         key = _hashable(request_id)
         outcome: dict[str, Any] | UpstreamUnavailable | MCPError | None = None
+        relayed = False
         with anyio.CancelScope() as cancel:
             session.calls[key] = cancel
             try:
@@ -319,15 +368,20 @@ class DirectCalls:
                     try:
                         outcome = await upstream.call_tool_direct(
                             source.original, arguments, ctx, progress_token=meta.get("progressToken"),
-                            notify=reply.event,
+                            notify=reply.event, ask_caller=not modern,
                         )
+                        if modern and outcome.get("resultType") == "input_required":
+                            relayed = True
+                            outcome = await self._relay(upstream, source.original, arguments, ctx, call, session,
+                                                        outcome)
                     except (UpstreamUnavailable, MCPError) as exc:
                         outcome = exc
                     tg.cancel_scope.cancel()
             finally:
                 session.calls.pop(key, None)
         if outcome is None:
-            pipeline.finish_call(call, CallOutcome.CANCELLED)
+            if not relayed:  # a relayed call is the relay's to record
+                pipeline.finish_call(call, CallOutcome.CANCELLED)
             return None
         if isinstance(outcome, MCPError):
             pipeline.finish_call(call, CallOutcome.ERROR, error=outcome.error.message)
@@ -335,10 +389,57 @@ class DirectCalls:
         if isinstance(outcome, UpstreamUnavailable):
             result: dict[str, Any] = {"content": [{"type": "text", "text": str(outcome)}], "isError": True}
             await pipeline.charge(call, result, CallOutcome.UNAVAILABLE)
+        elif relayed:  # charged by the relay when it ended, or still waiting for the caller's answers
+            result = outcome
         else:
-            result = {k: v for k, v in outcome.items() if k != "resultType"}  # a 2026-07-28 field
+            result = outcome if modern else {k: v for k, v in outcome.items() if k != "resultType"}
             await pipeline.charge(call, result, CallOutcome.ERROR_RESULT if result.get("isError") else CallOutcome.OK)
+        if modern:
+            result = {**result, "resultType": result.get("resultType", "complete")}
         return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    async def _relay(
+        self, upstream: McpUpstream, name: str, arguments: dict[str, Any] | None, ctx: CallContext, call: Any,
+        session: _Session, asked: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A 2026-07-28 upstream's questions to a 2026-07-28 caller: the gateway's own InputRequiredResult
+        rounds (as on the SDK path), the upstream call taken up from its first answer in the background."""
+
+        async def run(peer: DownstreamPeer) -> types.CallToolResult:
+            ctx.peer = peer
+            result = await upstream.call_tool_direct(name, arguments, ctx, resume=asked)
+            return types.CallToolResult.model_validate(result, by_name=False)
+
+        def capable(method: str) -> bool:
+            need = _NEEDS.get(method)
+            return need is not None and need in session.capabilities
+
+        # charged and audited by the relay when the call ends, which may be in a later request
+        answer = await self.gateway.relayed_call(call, call.consumer, capable, run, upstream.config.call_timeout)
+        return answer.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def _modern_verdict(
+    message: dict[str, Any], params: dict[str, Any], arguments: dict[str, Any] | None, scope: Scope, route: Any
+) -> InboundModernRoute | None:
+    """A 2026-07-28 tools/call's envelope, checked as the SDK's per-request entry checks it (routing
+    headers, envelope, `Mcp-Param-*` headers); None when the SDK should serve (or refuse) it, or when
+    it resumes a relayed call (`requestState`)."""
+    if "requestState" in params or "inputResponses" in params:
+        return None
+    pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
+    if find_duplicated_routing_header(pairs) is not None:
+        return None
+    headers = dict(pairs)
+    verdict = classify_inbound_request(message, headers=headers)
+    if not isinstance(verdict, InboundModernRoute):
+        return None
+    schema = route.view.input_schema(params["name"])
+    prefix = MCP_PARAM_HEADER_PREFIX.lower()
+    if schema is not None and (arguments or any(name.startswith(prefix) for name in headers)):
+        if validate_mcp_param_headers(schema, arguments or {}, headers) is not None:
+            return None
+    return verdict
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -780,12 +780,20 @@ class Gateway:
             cctx.peer = peer
             return await upstream.call_tool(source.original, params.arguments, cctx)
 
+        return await self.relayed_call(call, consumer, _Peer(ctx).declares, run, wait)
+
+    async def relayed_call(
+        self, call: Any, consumer: Consumer, capable: Callable[[str], bool],
+        run: Callable[[DownstreamPeer], Awaitable[Any]], wait: float,
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """A 2026-07-28 caller's call whose upstream may ask questions: `run(peer)` in the background, the
+        questions handed out as InputRequiredResult rounds (signed request_state), the end charged."""
+
         def spawn(fn: Callable[[], Awaitable[None]]) -> None:
             assert self._tg is not None
             self._tg.start_soon(fn)
 
-        capable = _Peer(ctx).declares
-        result, ask, _ = await self._collect(self.relay.start(name, consumer.name, capable, run, spawn, wait, call))
+        result, ask, _ = await self._collect(self.relay.start(call.tool, consumer.name, capable, run, spawn, wait, call))
         return ask if ask is not None else await self._finish_call(call, result)
 
     @staticmethod

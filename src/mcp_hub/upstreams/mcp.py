@@ -453,14 +453,17 @@ class McpUpstream(Upstream):
 
     async def call_tool_direct(
         self, name: str, arguments: dict[str, Any] | None, ctx: CallContext, *,
-        progress_token: Any = None, notify: Notify | None = None,
+        progress_token: Any = None, notify: Notify | None = None, ask_caller: bool = True,
+        resume: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """`call_tool` on the direct path: the upstream's result as the JSON it sent.
 
         Notifications the upstream streams for the call (progress under the caller's own token, log
-        messages at the caller's level) go to `notify` as they come. Failures are the same as
-        `call_tool`'s: UpstreamUnavailable when the upstream is gone or too slow, MCPError for its
-        JSON-RPC errors.
+        messages at the caller's level) go to `notify` as they come. An `input_required` answer is put
+        to `ctx.peer` and the call goes on with its answers; with `ask_caller` False it is returned
+        as it came instead, for the caller's side to relay, and `resume` (that answer) takes the call
+        up again from there. Failures are the same as `call_tool`'s: UpstreamUnavailable when the
+        upstream is gone or too slow, MCPError for its JSON-RPC errors.
         """
         channel = self.direct
         if channel is None or self.state != UpstreamState.UP:
@@ -476,8 +479,12 @@ class McpUpstream(Upstream):
         try:
             with anyio.fail_after(timeout):
                 extra: dict[str, Any] | None = None
+                answered = {"result": resume} if resume is not None else None
                 for _ in range(9):
-                    message = await channel.call(name, arguments, meta, notify, headers=ctx.headers, extra_params=extra)
+                    message = answered or await channel.call(
+                        name, arguments, meta, notify, headers=ctx.headers, extra_params=extra
+                    )
+                    answered = None
                     error = message.get("error")
                     if error is not None:
                         raise MCPError(
@@ -489,6 +496,8 @@ class McpUpstream(Upstream):
                         raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} sent no result")
                     if result.get("resultType") != "input_required":
                         channel.check_output(name, result)
+                        return result
+                    if not ask_caller:
                         return result
                     asked = types.InputRequiredResult.model_validate(result, by_name=False)
                     extra = {"inputResponses": await self._fulfil(asked, ctx)}
