@@ -61,8 +61,11 @@ def fastmcp_python() -> Path:
     return python
 
 
-async def load(url: str, tool: str, concurrency: int, seconds: float, payload: str) -> dict[str, Any]:
-    """C sessions calling `tool` for `seconds`; calls, rate, p50, p99 and errors."""
+async def load(
+    url: str, tool: str, concurrency: int, seconds: float, payload: str, mode: str = "legacy"
+) -> dict[str, Any]:
+    """C sessions calling `tool` for `seconds`; calls, rate, p50, p99 and errors. `mode` is the SDK client's:
+    legacy (handshake era, a stateful session) or auto (2026-07-28, self-contained requests)."""
     latencies: list[float] = []
     errors: list[str] = []
     deadline = 0.0
@@ -79,7 +82,7 @@ async def load(url: str, tool: str, concurrency: int, seconds: float, payload: s
             latencies.append(time.perf_counter() - started)
 
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(Client(url, mode="legacy")) for _ in range(concurrency)]
+        clients = [await stack.enter_async_context(Client(url, mode=mode)) for _ in range(concurrency)]
         for client in clients:
             await client.list_tools()
             await client.call_tool(tool, {"text": payload})  # why: warm the path before measuring

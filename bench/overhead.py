@@ -1,7 +1,8 @@
 """tools/call latency and throughput: directly against a Streamable HTTP upstream and through mcp-hub.
 
 Targets, all in front of one demo server (its `echo` tool, 2026-07-28 over Streamable HTTP), called by
-handshake-era SDK clients on stateful sessions (what Claude Code and VS Code speak today):
+handshake-era SDK clients on stateful sessions (what Claude Code and VS Code speak today), or with
+`--mode auto` by 2026-07-28 clients:
 - direct: the upstream itself;
 - mcp-hub: the gateway as configured by default (tools/call on its direct path, fastpath.py);
 - mcp-hub/sdk: the same gateway with `listen.direct_calls: false` (every call through the SDK's server
@@ -9,7 +10,7 @@ handshake-era SDK clients on stateful sessions (what Claude Code and VS Code spe
 All are measured in one interleaved run (direct, mcp-hub, mcp-hub/sdk, direct, ...) so the ratios
 compare like with like on a shared 2-core machine. Prints a table and the ratios against direct.
 
-    .venv/bin/python bench/overhead.py [--seconds 5] [--rounds 2] [--payload 100]
+    .venv/bin/python bench/overhead.py [--seconds 5] [--rounds 2] [--payload 100] [--mode legacy|auto]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--payload", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--mode", choices=["legacy", "auto"], default="legacy", help="the SDK clients' mode")
     args = parser.parse_args()
     payload = "x" * args.payload
     tmp = Path(tempfile.mkdtemp(prefix="mcp-hub-bench-"))
@@ -71,9 +73,10 @@ def main() -> None:
             "mcp-hub": (f"http://127.0.0.1:{gw_port}/mcp", "up__echo", gateways[gw_port].pid),
             "mcp-hub/sdk": (f"http://127.0.0.1:{sdk_port}/mcp", "up__echo", gateways[sdk_port].pid),
         }
-        results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload),
+        results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload, args.mode),
                           args.rounds, args.concurrency)
-        print(f"tools/call echo, {args.payload}-byte payload, {args.rounds} interleaved rounds of {args.seconds:g}s")
+        print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, "
+              f"{args.rounds} interleaved rounds of {args.seconds:g}s, load {os.getloadavg()[0]:.2f}")
         print(f"{'target':<12}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}{'RSS MB':>9}")
         summary: dict[tuple[str, int], dict[str, float]] = {}
         order = list(targets)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -381,3 +382,60 @@ def test_modern_raw_requests_match_the_sdk_entry(pair: dict[str, Any]) -> None:
         assert fast == sdk
         assert fast[0] == status
     assert fast[1]["error"]["code"] == types.HEADER_MISMATCH
+
+
+@pytest.mark.parametrize("era", ["2025-11-25", "2026-07-28"])
+def test_dropped_connection_cancels_the_upstream_request(tmp_path: Path, era: str) -> None:
+    """A caller that goes away mid-call: the gateway ends its upstream request (the upstream's handler sees the
+    cancellation) and records the call as cancelled."""
+    marker, port = tmp_path / "marker", free_port()
+    probe = [sys.executable, "-m", "tests.servers.cancel_probe", str(marker), str(port)]
+    with running(probe, cwd=ROOT, log=tmp_path / "probe.log") as proc:
+        wait_for_port(port, proc=proc)
+        config = {"upstreams": {"probe": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp"}}}
+        with run_gateway(config, tmp_path, wait_healthy=True) as gw, httpx2.Client(timeout=10) as http:
+            headers = {**MCP_HEADERS, "mcp-protocol-version": era}
+            params: dict[str, Any] = {"name": "probe__wait", "arguments": {"seconds": 30}}
+            if era == "2026-07-28":
+                headers.update({"mcp-method": "tools/call", "mcp-name": "probe__wait"})
+                params["_meta"] = {"io.modelcontextprotocol/protocolVersion": era,
+                                   "io.modelcontextprotocol/clientCapabilities": {}}
+            else:
+                init = http.post(gw.mcp, json=initialize_request(era), headers=MCP_HEADERS)
+                headers["mcp-session-id"] = init.headers["mcp-session-id"]
+            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).encode()
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as caller:
+                caller.sendall(f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{gw.port}\r\n{head}"
+                               f"content-length: {len(body)}\r\n\r\n".encode() + body)
+                wait_until(lambda: marker.exists() and marker.read_text() == "started", timeout=10)
+            # the caller's connection is closed with the call unanswered
+            wait_until(lambda: marker.read_text() == "cancelled", timeout=10)
+            wait_until(lambda: '"outcome": "cancelled"' in gw.log_text(), timeout=10)
+            assert gw.health()["direct_calls"]["served"] == 1
+
+
+async def test_silent_modern_call_is_kept_alive_with_pings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2026-07-28 reply waits for the answer; a call silent past the ping interval commits to SSE and pings."""
+    from mcp_hub import fastpath
+
+    monkeypatch.setattr(fastpath, "PING_INTERVAL", 0.05)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await anyio.sleep_forever()
+        return {}
+
+    reply = fastpath._Reply(send, None, None)
+    with anyio.CancelScope() as scope:
+        watch = fastpath._DisconnectWatch(receive, scope, reply, after=0.01)
+        await anyio.sleep(0.2)
+        watch.close()
+    await reply.finish({"jsonrpc": "2.0", "id": 1, "result": {"content": []}})
+    assert sent[0]["type"] == "http.response.start" and (b"content-type", b"text/event-stream") in sent[0]["headers"]
+    pings = [m for m in sent[1:-1] if m.get("body") == b": ping\r\n\r\n"]
+    assert len(pings) >= 2
+    assert sent[-1]["body"].startswith(b"event: message\r\ndata: ") and sent[-1]["more_body"] is False

@@ -21,6 +21,7 @@ holds, from the credential that opened it, and counts as activity for the sessio
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -110,6 +111,13 @@ class _Reply:
             self.sse = True
             await self._start(True)
         await self.send({"type": "http.response.body", "body": _frame(message), "more_body": True})
+
+    async def ping(self) -> None:
+        """An SSE comment: commits a deferred reply to a stream, and keeps an idle one open."""
+        if not self.started:
+            self.sse = True
+            await self._start(True)
+        await self.send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
 
     async def finish(self, message: dict[str, Any] | None) -> None:
         if self.sse:
@@ -352,8 +360,9 @@ class DirectCalls:
             consumer=consumer,
             # a 2026-07-28 caller is asked through InputRequiredResult rounds instead (below)
             peer=None if modern else _StreamPeer(self, session_id, session, reply),
+            # (the caller's token and request headers serve caller-owned credentials, which a shared
+            # upstream, the only kind served here, does not have)
             access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY),
-            request_headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())},
             headers=dict(consumer.forwarded_claims),
             log_level=meta.get(LOG_LEVEL_META_KEY) if modern else session.log_level,
         )
@@ -362,22 +371,19 @@ class DirectCalls:
         relayed = False
         with anyio.CancelScope() as cancel:
             session.calls[key] = cancel
+            watch = _DisconnectWatch(receive, cancel, reply)
             try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(_cancel_on_disconnect, receive, cancel)
-                    try:
-                        outcome = await upstream.call_tool_direct(
-                            source.original, arguments, ctx, progress_token=meta.get("progressToken"),
-                            notify=reply.event, ask_caller=not modern,
-                        )
-                        if modern and outcome.get("resultType") == "input_required":
-                            relayed = True
-                            outcome = await self._relay(upstream, source.original, arguments, ctx, call, session,
-                                                        outcome)
-                    except (UpstreamUnavailable, MCPError) as exc:
-                        outcome = exc
-                    tg.cancel_scope.cancel()
+                outcome = await upstream.call_tool_direct(
+                    source.original, arguments, ctx, progress_token=meta.get("progressToken"),
+                    notify=reply.event, ask_caller=not modern,
+                )
+                if modern and outcome.get("resultType") == "input_required":
+                    relayed = True
+                    outcome = await self._relay(upstream, source.original, arguments, ctx, call, session, outcome)
+            except (UpstreamUnavailable, MCPError) as exc:
+                outcome = exc
             finally:
+                watch.close()
                 session.calls.pop(key, None)
         if outcome is None:
             if not relayed:  # a relayed call is the relay's to record
@@ -440,6 +446,36 @@ def _modern_verdict(
         if validate_mcp_param_headers(schema, arguments or {}, headers) is not None:
             return None
     return verdict
+
+
+class _DisconnectWatch:
+    """Cancels a call when its client goes away, and keeps a 2026-07-28 caller's silent stream alive with
+    a ping every PING_INTERVAL seconds (as the SDK's entry does, so proxies do not cut it). The tasks
+    start only once the call has run for `after` seconds: most calls end sooner, and a task per call
+    would cost more than their relay work."""
+
+    def __init__(self, receive: Receive, scope: anyio.CancelScope, reply: _Reply, after: float = 0.05) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timer = asyncio.get_running_loop().call_later(after, self._start, receive, scope, reply)
+
+    def _start(self, receive: Receive, scope: anyio.CancelScope, reply: _Reply) -> None:
+        self._tasks.append(asyncio.ensure_future(_cancel_on_disconnect(receive, scope)))
+        if reply.sse is None:
+            self._tasks.append(asyncio.ensure_future(_keep_alive(reply)))
+
+    def close(self) -> None:
+        self._timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+
+
+PING_INTERVAL = 15.0
+
+
+async def _keep_alive(reply: _Reply) -> None:
+    while True:
+        await asyncio.sleep(PING_INTERVAL)
+        await reply.ping()
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

@@ -1,6 +1,7 @@
 """An upstream whose `wait` tool records, in a file, whether it finished or was cancelled.
 
-    python -m tests.servers.cancel_probe MARKER_FILE   (stdio)
+    python -m tests.servers.cancel_probe MARKER_FILE          (stdio)
+    python -m tests.servers.cancel_probe MARKER_FILE PORT     (2026-07-28 Streamable HTTP on 127.0.0.1:PORT/mcp)
 """
 
 from __future__ import annotations
@@ -33,4 +34,7 @@ async def wait(seconds: float) -> str:
 
 
 if __name__ == "__main__":
-    server.run("stdio")
+    if len(sys.argv) > 2:
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run("stdio")
