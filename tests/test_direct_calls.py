@@ -35,19 +35,27 @@ def _demo(port: int, tmp: Path, name: str) -> Any:
     return running(args, cwd=ROOT, log=tmp / f"{name}.log")
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["auto", "legacy"], ids=["modern-upstream", "handshake-upstream"])
+def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The demo upstream spoken to in 2026-07-28 (protocol: auto) or on a handshake-era session (legacy)."""
     tmp = tmp_path_factory.mktemp("direct")
     port = free_port()
     with _demo(port, tmp, "up") as proc:
         wait_for_port(port, proc=proc)
-        upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp", "call_timeout": 3}
+        upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp", "call_timeout": 3,
+                    "protocol": request.param}
         policy = {"default_acl": "allow", "groups": {}, "consumers": {}}
         fast_cfg = {"upstreams": {"up": upstream}, **policy}
         sdk_cfg = {"upstreams": {"up": upstream}, "listen": {"direct_calls": False}, **policy}
         with run_gateway(fast_cfg, tmp, wait_healthy=True, name="fast") as fast, \
                 run_gateway(sdk_cfg, tmp, wait_healthy=True, name="sdk") as sdk:
-            yield {"fast": fast, "sdk": sdk, "port": port, "tmp": tmp}
+            yield {"fast": fast, "sdk": sdk, "port": port, "tmp": tmp, "upstream": request.param}
+
+
+def _route(pair: dict[str, Any], mode: str) -> str:
+    """Which path a caller of `mode` takes: a 2026-07-28 caller of a handshake-era upstream is left to the SDK
+    (the upstream's mid-call requests need the relay's background call there)."""
+    return "handed_to_sdk" if mode == "auto" and pair["upstream"] == "legacy" else "served"
 
 
 def _served(gw: RunningGateway, what: str = "served") -> int:
@@ -81,7 +89,7 @@ CALLS = [
 async def test_same_answers_on_both_paths(pair: dict[str, Any], tool: str, arguments: dict[str, Any], mode: str) -> None:
     """legacy: a handshake-era caller on a stateful session; auto: a 2026-07-28 caller (self-contained requests)."""
     # an unknown name is left to the SDK path, which answers it; everything else is served directly
-    counter = "handed_to_sdk" if tool == "up__nope" else "served"
+    counter = "handed_to_sdk" if tool == "up__nope" else _route(pair, mode)
     before = _served(pair["fast"], counter)
     fast = await _outcome(pair["fast"].mcp, tool, arguments, mode)
     sdk = await _outcome(pair["sdk"].mcp, tool, arguments, mode)
@@ -106,12 +114,13 @@ async def test_modern_caller_progress_streams_on_the_call(pair: dict[str, Any]) 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append(value)
 
-    before = _served(pair["fast"])
+    counter = _route(pair, "auto")
+    before = _served(pair["fast"], counter)
     async with Client(pair["fast"].mcp, mode="auto") as client:
         r = await client.call_tool("up__progress", {"steps": 3}, progress_callback=on_progress)
         assert r.content[0].text == "done 3 steps"
     assert progress == [1, 2, 3]
-    assert _served(pair["fast"]) == before + 1
+    assert _served(pair["fast"], counter) == before + 1
 
 
 async def test_progress_and_logs_stream_on_the_call(pair: dict[str, Any]) -> None:
@@ -167,7 +176,8 @@ async def test_upstream_questions_are_put_to_the_caller(pair: dict[str, Any], mo
     async def roots(ctx: Any) -> types.ListRootsResult:
         return types.ListRootsResult(roots=[types.Root(uri="file:///work/repo", name="repo")])
 
-    before = _served(pair["fast"])
+    counter = _route(pair, mode)
+    before = _served(pair["fast"], counter)
     async with Client(pair["fast"].mcp, mode=mode, sampling_callback=sampling,
                       elicitation_callback=elicitation, list_roots_callback=roots) as client:
         await client.list_tools()
@@ -175,7 +185,7 @@ async def test_upstream_questions_are_put_to_the_caller(pair: dict[str, Any], mo
         assert (await client.call_tool("up__ask_user", {"question": "colour?"})).content[0].text == "blue"
         listed = await client.call_tool("up__list_client_roots", {})
         assert "file:///work/repo" in json.dumps(listed.model_dump(mode="json"))
-    assert _served(pair["fast"]) >= before + 3
+    assert _served(pair["fast"], counter) >= before + 3
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
@@ -188,12 +198,14 @@ async def test_caller_without_the_capability_gets_the_same_error(pair: dict[str,
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_slow_upstream_times_out_clearly(pair: dict[str, Any], mode: str) -> None:
-    async with Client(pair["fast"].mcp, mode=mode) as client:
-        await client.list_tools()
-        r = await client.call_tool("up__slow", {"seconds": 10})
-        assert r.is_error
-        assert "did not answer tools/call slow within 3s" in r.content[0].text
-        assert (await client.call_tool("up__echo", {"text": "still fine"})).content[0].text == "still fine"
+    outcome = await _outcome(pair["fast"].mcp, "up__slow", {"seconds": 10}, mode)
+    if _route(pair, mode) == "served":
+        assert outcome["isError"]
+        assert "did not answer tools/call slow within 3s" in outcome["content"][0]["text"]
+    else:  # the SDK path's relay (a 2026-07-28 caller of a handshake-era upstream) says it its own way
+        assert outcome == ("error", types.INTERNAL_ERROR, "tool up__slow timed out")
+    still = await _outcome(pair["fast"].mcp, "up__echo", {"text": "still fine"}, mode)
+    assert still["content"] == [{"type": "text", "text": "still fine"}]
 
 
 async def test_cancelled_call_ends_upstream_request_and_is_audited(pair: dict[str, Any]) -> None:
@@ -342,7 +354,8 @@ def test_wire_pool_leaves_proxied_urls_to_httpx(monkeypatch: pytest.MonkeyPatch)
 
 async def test_stateless_route_serves_calls_directly(pair: dict[str, Any]) -> None:
     """listen.stateless: no session to check, no back channel; calls and progress work as on the SDK path."""
-    upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{pair['port']}/mcp"}
+    upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{pair['port']}/mcp",
+                "protocol": pair["upstream"]}
     with run_gateway({"upstreams": {"up": upstream}, "listen": {"stateless": True}}, pair["tmp"],
                      wait_healthy=True, name="stateless") as gw:
         progress: list[float] = []
@@ -384,15 +397,18 @@ def test_modern_raw_requests_match_the_sdk_entry(pair: dict[str, Any]) -> None:
     assert fast[1]["error"]["code"] == types.HEADER_MISMATCH
 
 
+@pytest.mark.parametrize("upstream_protocol", ["auto", "legacy"])
 @pytest.mark.parametrize("era", ["2025-11-25", "2026-07-28"])
-def test_dropped_connection_cancels_the_upstream_request(tmp_path: Path, era: str) -> None:
+def test_dropped_connection_cancels_the_upstream_request(tmp_path: Path, era: str, upstream_protocol: str) -> None:
     """A caller that goes away mid-call: the gateway ends its upstream request (the upstream's handler sees the
-    cancellation) and records the call as cancelled."""
+    cancellation: the request closed for a 2026-07-28 upstream, notifications/cancelled on a handshake-era
+    session) and records the call as cancelled."""
     marker, port = tmp_path / "marker", free_port()
     probe = [sys.executable, "-m", "tests.servers.cancel_probe", str(marker), str(port)]
     with running(probe, cwd=ROOT, log=tmp_path / "probe.log") as proc:
         wait_for_port(port, proc=proc)
-        config = {"upstreams": {"probe": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp"}}}
+        config = {"upstreams": {"probe": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp",
+                                          "protocol": upstream_protocol}}}
         with run_gateway(config, tmp_path, wait_healthy=True) as gw, httpx2.Client(timeout=10) as http:
             headers = {**MCP_HEADERS, "mcp-protocol-version": era}
             params: dict[str, Any] = {"name": "probe__wait", "arguments": {"seconds": 30}}
@@ -412,7 +428,8 @@ def test_dropped_connection_cancels_the_upstream_request(tmp_path: Path, era: st
             # the caller's connection is closed with the call unanswered
             wait_until(lambda: marker.read_text() == "cancelled", timeout=10)
             wait_until(lambda: '"outcome": "cancelled"' in gw.log_text(), timeout=10)
-            assert gw.health()["direct_calls"]["served"] == 1
+            direct = era != "2026-07-28" or upstream_protocol == "auto"  # else the SDK path serves it
+            assert gw.health()["direct_calls"]["served"] == (1 if direct else 0)
 
 
 async def test_silent_modern_call_is_kept_alive_with_pings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -329,6 +331,8 @@ class DirectCalls:
         upstream = self.gateway.upstreams.get(entry[1].upstream)
         if type(upstream) is not McpUpstream or upstream.direct is None:
             return False
+        if verdict is not None and not upstream.direct.modern:
+            return False  # a handshake-era upstream's mid-call requests need the relay's background call
         consumer = scope.get(CONSUMER_SCOPE_KEY)
         if not isinstance(consumer, Consumer):
             return False
@@ -373,9 +377,12 @@ class DirectCalls:
             session.calls[key] = cancel
             watch = _DisconnectWatch(receive, cancel, reply)
             try:
+                notify = reply.event
+                if upstream.direct is not None and not upstream.direct.modern:
+                    notify = functools.partial(_at_level, session.log_level, reply.event)
                 outcome = await upstream.call_tool_direct(
                     source.original, arguments, ctx, progress_token=meta.get("progressToken"),
-                    notify=reply.event, ask_caller=not modern,
+                    notify=notify, ask_caller=not modern,
                 )
                 if modern and outcome.get("resultType") == "input_required":
                     relayed = True
@@ -446,6 +453,20 @@ def _modern_verdict(
         if validate_mcp_param_headers(schema, arguments or {}, headers) is not None:
             return None
     return verdict
+
+
+_LOG_LEVELS = {level: rank for rank, level in enumerate(
+    ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"))}
+
+
+async def _at_level(level: str, forward: Callable[[dict[str, Any]], Awaitable[None]], message: dict[str, Any]) -> None:
+    """Forward a notification, but a log message only at or above the caller's level (a handshake-era
+    upstream logs at the gateway session's level, not the caller's)."""
+    if message.get("method") == "notifications/message":
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        if _LOG_LEVELS.get(str(params.get("level")), 0) < _LOG_LEVELS.get(level, 0):
+            return
+    await forward(message)
 
 
 class _DisconnectWatch:

@@ -793,7 +793,13 @@ class Gateway:
             assert self._tg is not None
             self._tg.start_soon(fn)
 
-        result, ask, _ = await self._collect(self.relay.start(call.tool, consumer.name, capable, run, spawn, wait, call))
+        try:
+            result, ask, _ = await self._collect(
+                self.relay.start(call.tool, consumer.name, capable, run, spawn, wait, call)
+            )
+        except anyio.get_cancelled_exc_class():
+            self.pipeline.finish_call(call, CallOutcome.CANCELLED)  # the caller went away while it ran
+            raise
         return ask if ask is not None else await self._finish_call(call, result)
 
     @staticmethod

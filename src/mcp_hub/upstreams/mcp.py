@@ -9,6 +9,7 @@ the downstream peer of that call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -55,7 +56,7 @@ from mcp_hub.upstreams.base import (
     UpstreamState,
     UpstreamUnavailable,
 )
-from mcp_hub.upstreams.direct import DirectChannel, Notify
+from mcp_hub.upstreams.direct import DirectChannel, Notify, SessionGone
 from mcp_hub.upstreams.wire import Pool, WireError
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class McpUpstream(Upstream):
         self.protocol_version: str | None = None
         self.capabilities: types.ServerCapabilities | None = None
         self.connects = 0
+        self._upstream_session: str | None = None
         # Set while connected to a 2026-07-28 Streamable HTTP upstream: the gateway's direct call path.
         self.direct: DirectChannel | None = None
 
@@ -175,6 +177,7 @@ class McpUpstream(Upstream):
                         timeout=httpx2.Timeout(cfg.connect_timeout, read=cfg.call_timeout + 5),
                         follow_redirects=False,
                         limits=UPSTREAM_LIMITS,
+                        event_hooks={"response": [self._note_session]},
                     )
                     await stack.enter_async_context(client)
                 async with streamable_http_client(cfg.url, http_client=client) as streams:
@@ -221,23 +224,33 @@ class McpUpstream(Upstream):
                     self._session = None
                     self._dispatcher = None
 
+    async def _note_session(self, response: httpx2.Response) -> None:
+        """The session id a handshake-era upstream issued (on its initialize answer), for the direct path."""
+        session_id = response.headers.get("mcp-session-id")
+        if session_id:
+            self._upstream_session = session_id
+
     def _direct_channel(self, session: ClientSession) -> DirectChannel | None:
-        """The lean call path, when this connection can take it: 2026-07-28 over Streamable HTTP."""
+        """The lean call path, when this connection can take it: Streamable HTTP through a client of our own
+        (no proxy in between), either era."""
         version = session.protocol_version
         build = getattr(session, "_build_capabilities", None)
         cfg = self.config
         if (
-            not isinstance(cfg, StreamableHttpUpstreamConfig) or self._http_client is not None
-            or version not in MODERN_PROTOCOL_VERSIONS or build is None or not Pool.usable(cfg.url)
+            not isinstance(cfg, StreamableHttpUpstreamConfig) or self._http_client is not None or version is None
+            or build is None or not Pool.usable(cfg.url)
         ):
             return None
-        envelope = {
-            PROTOCOL_VERSION_META_KEY: version,
-            CLIENT_INFO_META_KEY: CLIENT_INFO.model_dump(by_alias=True, mode="json", exclude_none=True),
-            CLIENT_CAPABILITIES_META_KEY: build(version).model_dump(by_alias=True, mode="json", exclude_none=True),
-        }
+        envelope = None
+        if version in MODERN_PROTOCOL_VERSIONS:
+            envelope = {
+                PROTOCOL_VERSION_META_KEY: version,
+                CLIENT_INFO_META_KEY: CLIENT_INFO.model_dump(by_alias=True, mode="json", exclude_none=True),
+                CLIENT_CAPABILITIES_META_KEY: build(version).model_dump(by_alias=True, mode="json", exclude_none=True),
+            }
         pool = Pool(cfg.url, keepalive_expiry=UPSTREAM_LIMITS.keepalive_expiry or 2.0)
-        return DirectChannel(pool, envelope, version, headers=dict(cfg.headers), credentials=self.credential_headers)
+        return DirectChannel(pool, envelope, version, headers=dict(cfg.headers), credentials=self.credential_headers,
+                             session_id=lambda: self._upstream_session)
 
     def _set_catalog(self, catalog: UpstreamCatalog) -> None:
         if self.direct is not None:
@@ -470,7 +483,7 @@ class McpUpstream(Upstream):
             self._require_session()
             raise UpstreamUnavailable(f"upstream {self.name!r} has no direct call path")
         meta = dict(channel.envelope)
-        if ctx.log_level:
+        if ctx.log_level and channel.modern:
             meta[LOG_LEVEL_META_KEY] = ctx.log_level
         if progress_token is not None:
             meta["progressToken"] = progress_token
@@ -482,7 +495,8 @@ class McpUpstream(Upstream):
                 answered = {"result": resume} if resume is not None else None
                 for _ in range(9):
                     message = answered or await channel.call(
-                        name, arguments, meta, notify, headers=ctx.headers, extra_params=extra
+                        name, arguments, meta, notify, headers=ctx.headers, extra_params=extra,
+                        on_request=functools.partial(self._answer_for, ctx),
                     )
                     answered = None
                     error = message.get("error")
@@ -506,11 +520,26 @@ class McpUpstream(Upstream):
                 raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} kept asking for input")
         except TimeoutError:
             raise UpstreamUnavailable(f"upstream {self.name!r} did not answer {what} within {timeout:g}s") from None
+        except SessionGone as exc:
+            self._kick.set()  # the watcher's probe finds the session gone and opens a new one
+            raise UpstreamUnavailable(f"upstream {self.name!r} failed during {what}: {exc}") from None
         except WireError as exc:
             self._kick.set()
             if exc.closed:  # worded as the SDK path words it
                 raise UpstreamUnavailable(f"upstream {self.name!r} closed the connection during {what}") from None
             raise UpstreamUnavailable(f"upstream {self.name!r} failed during {what}: {exc}") from None
+
+    async def _answer_for(self, ctx: CallContext, message: dict[str, Any]) -> dict[str, Any]:
+        """A handshake-era upstream's request mid-call on the direct path, put to the call's own caller."""
+        method = str(message.get("method"))
+        params = message.get("params") if isinstance(message.get("params"), dict) else None
+        if ctx.peer is None or not ctx.peer.supports(method):
+            return {"error": {"code": types.INVALID_REQUEST,
+                              "message": f"{method}: no caller of this gateway can answer it"}}
+        try:
+            return {"result": await ctx.peer.request(method, params)}
+        except MCPError as exc:
+            return {"error": exc.error.model_dump(by_alias=True, mode="json", exclude_none=True)}
 
     def _request_meta(self, ctx: CallContext) -> dict[str, Any] | None:
         # A 2026-07-28 upstream logs only to requests that opt in; pass the caller's opt-in along.
