@@ -11,6 +11,7 @@ All are measured in one interleaved run (direct, mcp-hub, mcp-hub/sdk, direct, .
 compare like with like on a shared 2-core machine. Prints a table and the ratios against direct.
 
     .venv/bin/python bench/overhead.py [--seconds 5] [--rounds 2] [--payload 100] [--mode legacy|auto]
+        [--upstream-protocol auto|legacy]
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--mode", choices=["legacy", "auto"], default="legacy", help="the SDK clients' mode")
+    parser.add_argument("--upstream-protocol", choices=["auto", "legacy"], default="auto",
+                        help="how the gateway speaks to the upstream: 2026-07-28 (auto) or a handshake-era session")
     args = parser.parse_args()
     payload = "x" * args.payload
     tmp = Path(tempfile.mkdtemp(prefix="mcp-hub-bench-"))
@@ -52,7 +55,8 @@ def main() -> None:
         [sys.executable, "-m", "tests.servers.demo_server", "--transport", "streamable-http", "--port", str(up_port)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    config = {"upstreams": {"up": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp"}}}
+    config = {"upstreams": {"up": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp",
+                                   "protocol": args.upstream_protocol}}}
     (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
     (tmp / "gw-sdk.yaml").write_text(yaml.safe_dump({**config, "listen": {"direct_calls": False}}))
     sdk_port = free_port()
@@ -75,7 +79,8 @@ def main() -> None:
         }
         results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload, args.mode),
                           args.rounds, args.concurrency)
-        print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, "
+        print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
+              f"{args.upstream_protocol}, "
               f"{args.rounds} interleaved rounds of {args.seconds:g}s, load {os.getloadavg()[0]:.2f}")
         print(f"{'target':<12}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}{'RSS MB':>9}")
         summary: dict[tuple[str, int], dict[str, float]] = {}

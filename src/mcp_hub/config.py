@@ -113,8 +113,8 @@ class ListenConfig(_Model):
     json_response: bool = False
     direct_calls: bool = Field(
         default=True,
-        description="Serve tools/call of handshake-era sessions to 2026-07-28 Streamable HTTP upstreams on the "
-        "gateway's direct path (same policy, no SDK session in between); false sends every call through the SDK.",
+        description="Serve tools/call to Streamable HTTP upstreams on the gateway's direct path (the same policy, "
+        "no SDK session in between; see the README's 'The call path'); false sends every call through the SDK.",
     )
     separator: str = Field(default="__", pattern=r"^[A-Za-z0-9_-]{1,3}$")
     max_request_body: int = Field(default=4 * 1024 * 1024, gt=0)

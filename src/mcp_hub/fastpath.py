@@ -1,22 +1,21 @@
 """The direct path for `tools/call`: the gateway's hot path without the SDK in between.
 
 Relaying a call through the SDK's server session and then its client session costs the gateway
-about twice the CPU of the upstream server that does the work. On the common pairing (a
-handshake-era client on a stateful session, calling a tool of a 2026-07-28 upstream over
-Streamable HTTP) this wrapper answers the `tools/call` POST itself: it reads the JSON-RPC request,
-runs it through the same policy pipeline (ACL, argument check, budgets, charging, audit, metrics),
-sends it upstream as one HTTP exchange (`upstreams/direct.py`) and writes the answer in the same
-format the SDK transport would. Everything else, and any request it is not sure about, goes to the
-SDK's Streamable HTTP transport unchanged, which also answers all malformed input.
+about four times the CPU of doing it directly. For a tool of an MCP upstream over Streamable HTTP
+this wrapper answers the `tools/call` POST itself: it reads the JSON-RPC request, runs it through
+the same policy pipeline (ACL, argument check, budgets, charging, audit, metrics), sends it upstream
+as one HTTP exchange (`upstreams/direct.py`) and writes the answer in the format the SDK transport
+would. Everything else, and any request it is not sure about, goes to the SDK's Streamable HTTP
+transport unchanged, which also answers all malformed input.
 
-What a call can need on the way is kept: progress and log messages stream back on the call's
-response; a 2026-07-28 upstream's `input_required` questions are put to the caller as
-sampling/elicitation/roots requests on that stream, whose answers (POSTed back on the session)
-this wrapper takes; `notifications/cancelled` or a closed connection cancel the upstream request.
-
-Sessions are the SDK transport's: a call is taken only for a session the SDK opened and still
-holds, from the credential that opened it, and counts as activity for the session's idle timer.
-`listen.direct_calls: false` turns the path off.
+Callers: handshake-era sessions (the session must be one the SDK opened and still holds, used by
+the credential that opened it; the call counts as activity for its idle timer), stateless-route
+callers, and 2026-07-28 callers (their envelope and headers checked as the SDK's entry checks
+them). What a call can need on the way is kept: progress and log messages stream back on the
+call's response; an upstream's questions are put to a handshake-era caller as requests on that
+stream, whose answers (POSTed back on the session) this wrapper takes, and to a 2026-07-28 caller as
+the gateway's own InputRequiredResult rounds (the relay the SDK path uses); `notifications/cancelled`
+or a closed connection cancel the upstream request. `listen.direct_calls: false` turns the path off.
 """
 
 from __future__ import annotations
