@@ -84,17 +84,35 @@ CALLS = [
 ]
 
 
+async def _outcomes(client: Client, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """Each call's result (as JSON) or its error (code, message), in order, on one session."""
+    out: list[Any] = []
+    for tool, arguments in calls:
+        try:
+            result = await client.call_tool(tool, arguments)
+        except MCPError as exc:
+            out.append(("error", exc.error.code, exc.error.message))
+        else:
+            out.append(result.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return out
+
+
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
-@pytest.mark.parametrize(("tool", "arguments"), CALLS, ids=[f"{t}-{i}" for i, (t, _) in enumerate(CALLS)])
-async def test_same_answers_on_both_paths(pair: dict[str, Any], tool: str, arguments: dict[str, Any], mode: str) -> None:
-    """legacy: a handshake-era caller on a stateful session; auto: a 2026-07-28 caller (self-contained requests)."""
-    # an unknown name is left to the SDK path, which answers it; everything else is served directly
-    counter = "handed_to_sdk" if tool == "up__nope" else _route(pair, mode)
-    before = _served(pair["fast"], counter)
-    fast = await _outcome(pair["fast"].mcp, tool, arguments, mode)
-    sdk = await _outcome(pair["sdk"].mcp, tool, arguments, mode)
-    assert fast == sdk
-    assert _served(pair["fast"], counter) == before + 1
+async def test_same_answers_on_both_paths(pair: dict[str, Any], mode: str) -> None:
+    """legacy: a handshake-era caller on a stateful session; auto: a 2026-07-28 caller (self-contained requests).
+    Text, structured content, an image, a 300 kB result, invalid arguments and an unknown tool."""
+    counter = _route(pair, mode)
+    before = (_served(pair["fast"], counter), _served(pair["fast"], "handed_to_sdk"))
+    async with Client(pair["fast"].mcp, mode=mode) as fast, Client(pair["sdk"].mcp, mode=mode) as sdk:
+        await fast.list_tools()
+        await sdk.list_tools()
+        assert await _outcomes(fast, CALLS) == await _outcomes(sdk, CALLS)
+    # the unknown name is left to the SDK path, which answers it; everything else took `counter`'s path
+    if counter == "served":
+        assert _served(pair["fast"]) == before[0] + len(CALLS) - 1
+        assert _served(pair["fast"], "handed_to_sdk") == before[1] + 1
+    else:
+        assert _served(pair["fast"], "handed_to_sdk") == before[1] + len(CALLS)
     assert _served(pair["sdk"]) == 0
 
 
@@ -319,6 +337,30 @@ async def test_wire_pool_reuses_and_survives_a_closed_keepalive() -> None:
         assert connections == 1  # the second request reused the first connection
         assert await (await pool.post(b"three", {})).read() == b"three"
         assert connections == 2  # dropped unanswered: sent again on a fresh connection
+        pool.close()
+
+
+async def test_wire_pool_caps_connections_in_use() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                body = await _read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+        writer.close()
+
+    server, port = await _serve_http(echo)
+    async with server:
+        pool = Pool(f"http://127.0.0.1:{port}/mcp", max_connections=1)
+        first = await pool.post(b"a", {})
+        waiting = asyncio.ensure_future(pool.post(b"b", {}))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # the only connection is in use
+        assert await first.read() == b"a"  # read to its end: the connection comes back
+        second = await asyncio.wait_for(waiting, 5)
+        assert await second.read() == b"b"
         pool.close()
 
 

@@ -248,7 +248,9 @@ class McpUpstream(Upstream):
                 CLIENT_INFO_META_KEY: CLIENT_INFO.model_dump(by_alias=True, mode="json", exclude_none=True),
                 CLIENT_CAPABILITIES_META_KEY: build(version).model_dump(by_alias=True, mode="json", exclude_none=True),
             }
-        pool = Pool(cfg.url, keepalive_expiry=UPSTREAM_LIMITS.keepalive_expiry or 2.0)
+        pool = Pool(cfg.url, keepalive_expiry=UPSTREAM_LIMITS.keepalive_expiry or 2.0,
+                    max_idle=UPSTREAM_LIMITS.max_keepalive_connections or 64,
+                    max_connections=UPSTREAM_LIMITS.max_connections or 512)
         return DirectChannel(pool, envelope, version, headers=dict(cfg.headers), credentials=self.credential_headers,
                              session_id=lambda: self._upstream_session)
 

@@ -102,7 +102,9 @@ class Response:
 class Pool:
     """Keep-alive connections to one origin."""
 
-    def __init__(self, url: str, *, keepalive_expiry: float = 2.0, max_idle: int = 64) -> None:
+    def __init__(
+        self, url: str, *, keepalive_expiry: float = 2.0, max_idle: int = 64, max_connections: int = 512
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
         self.scheme = parts.scheme
         self.host = parts.hostname or ""
@@ -113,6 +115,8 @@ class Pool:
         self.max_idle = max_idle
         self._idle: list[_Conn] = []
         self._ssl: Any = None
+        # Connections in use at most; a request past it waits for one to come back (as httpx's pool does).
+        self._slots = asyncio.Semaphore(max_connections)
 
     @staticmethod
     def usable(url: str) -> bool:
@@ -133,6 +137,14 @@ class Pool:
             head.append(f"{name}: {value}\r\n")
         head.append("\r\n")
         request = "".join(head).encode("latin-1") + body
+        await self._slots.acquire()
+        try:
+            return await self._exchange(request)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _exchange(self, request: bytes) -> Response:
         for attempt in range(2):
             conn = await self._connection(fresh=attempt > 0)
             try:
@@ -198,6 +210,7 @@ class Pool:
         return status, headers, keep
 
     def _give_back(self, conn: _Conn, keep: bool) -> None:
+        self._slots.release()
         if keep and len(self._idle) < self.max_idle and not conn.reader.at_eof():
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
