@@ -364,6 +364,26 @@ async def test_wire_pool_caps_connections_in_use() -> None:
         pool.close()
 
 
+async def test_wire_pool_closes_idle_connections_after_the_expiry() -> None:
+    closed = asyncio.Event()
+
+    async def echo_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        if not await reader.read(1):  # the client closed the idle connection
+            closed.set()
+        writer.close()
+
+    server, port = await _serve_http(echo_once)
+    async with server:
+        pool = Pool(f"http://127.0.0.1:{port}/mcp", keepalive_expiry=0.2)
+        assert await (await pool.post(b"x", {})).read() == b"x"
+        assert len(pool._idle) == 1
+        await asyncio.wait_for(closed.wait(), 5)  # no further request came: the sweep closed it
+        assert pool._idle == []
+
+
 async def test_wire_pool_reports_refused_and_broken_answers() -> None:
     pool = Pool(f"http://127.0.0.1:{free_port()}/mcp")
     with pytest.raises(WireError, match="cannot connect"):

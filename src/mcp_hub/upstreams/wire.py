@@ -114,6 +114,7 @@ class Pool:
         self.keepalive_expiry = keepalive_expiry
         self.max_idle = max_idle
         self._idle: list[_Conn] = []
+        self._sweeper: asyncio.TimerHandle | None = None
         self._ssl: Any = None
         # Connections in use at most; a request past it waits for one to come back (as httpx's pool does).
         self._slots = asyncio.Semaphore(max_connections)
@@ -214,10 +215,25 @@ class Pool:
         if keep and len(self._idle) < self.max_idle and not conn.reader.at_eof():
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().call_later(self.keepalive_expiry, self._sweep)
         else:
             conn.writer.close()
 
+    def _sweep(self) -> None:
+        """Close connections idle past the expiry (oldest first: the list is in the order they came back)."""
+        self._sweeper = None
+        now = time.monotonic()
+        while self._idle and now - self._idle[0].idle_since >= self.keepalive_expiry:
+            self._idle.pop(0).writer.close()
+        if self._idle:
+            wait = self.keepalive_expiry - (now - self._idle[0].idle_since)
+            self._sweeper = asyncio.get_running_loop().call_later(max(wait, 0.05), self._sweep)
+
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in self._idle:
             conn.writer.close()
         self._idle.clear()
