@@ -178,7 +178,7 @@ async def drive(url: str, pids: dict[str, int], args: argparse.Namespace) -> dic
     figures: dict[str, Any] = {"rss_timeline": []}
     async with httpx2.AsyncClient(timeout=30) as http:
         await phase(url, Run(total=args.warmup, mix=mix, record=False), args.sessions)
-        await anyio.sleep(2)  # why: let the gateway drop the closed sessions
+        await anyio.sleep(3)  # why: let the gateway drop the closed sessions and expire idle upstream connections (2 s)
         figures["baseline"] = Snapshot.of(pid)
         run = Run(total=args.calls, mix=mix)
         cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
@@ -208,7 +208,7 @@ async def drive(url: str, pids: dict[str, int], args: argparse.Namespace) -> dic
         figures["cpu_ms_per_call"] = {name: (cpu_after[name] - cpu_before[name]) * 1000 / max(len(run.latencies), 1)
                                       for name in cpu_before}
         health = (await http.get(url.rsplit("/mcp", 1)[0] + "/healthz")).json()
-    await anyio.sleep(2)  # why: let the gateway drop the closed sessions before counting what is left
+    await anyio.sleep(3)  # why: closed sessions dropped, idle upstream connections expired (2 s), before counting
     figures["after_close"] = Snapshot.of(pid)
     figures["tasks"] = health.get("tasks") or health.get("asyncio_tasks")
     figures["run"] = run

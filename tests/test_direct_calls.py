@@ -459,39 +459,71 @@ def test_modern_raw_requests_match_the_sdk_entry(pair: dict[str, Any]) -> None:
     assert fast[1]["error"]["code"] == types.HEADER_MISMATCH
 
 
+def _start_probe_call(gw: RunningGateway, era: str, seconds: float, http: httpx2.Client) -> tuple[socket.socket, dict[str, str]]:
+    """A raw tools/call of probe__wait on its own connection (left open); the session headers used."""
+    headers = {**MCP_HEADERS, "mcp-protocol-version": era}
+    params: dict[str, Any] = {"name": "probe__wait", "arguments": {"seconds": seconds}}
+    if era == "2026-07-28":
+        headers.update({"mcp-method": "tools/call", "mcp-name": "probe__wait"})
+        params["_meta"] = {"io.modelcontextprotocol/protocolVersion": era,
+                           "io.modelcontextprotocol/clientCapabilities": {}}
+    else:
+        init = http.post(gw.mcp, json=initialize_request(era), headers=MCP_HEADERS)
+        headers["mcp-session-id"] = init.headers["mcp-session-id"]
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    caller = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+    caller.sendall(f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{gw.port}\r\n{head}"
+                   f"content-length: {len(body)}\r\n\r\n".encode() + body)
+    return caller, headers
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """cancel_probe over Streamable HTTP: its marker file and port."""
+    marker, port = tmp_path / "marker", free_port()
+    args = [sys.executable, "-m", "tests.servers.cancel_probe", str(marker), str(port)]
+    with running(args, cwd=ROOT, log=tmp_path / "probe.log") as proc:
+        wait_for_port(port, proc=proc)
+        yield marker, port
+
+
 @pytest.mark.parametrize("upstream_protocol", ["auto", "legacy"])
 @pytest.mark.parametrize("era", ["2025-11-25", "2026-07-28"])
-def test_dropped_connection_cancels_the_upstream_request(tmp_path: Path, era: str, upstream_protocol: str) -> None:
-    """A caller that goes away mid-call: the gateway ends its upstream request (the upstream's handler sees the
-    cancellation: the request closed for a 2026-07-28 upstream, notifications/cancelled on a handshake-era
-    session) and records the call as cancelled."""
-    marker, port = tmp_path / "marker", free_port()
-    probe = [sys.executable, "-m", "tests.servers.cancel_probe", str(marker), str(port)]
-    with running(probe, cwd=ROOT, log=tmp_path / "probe.log") as proc:
-        wait_for_port(port, proc=proc)
-        config = {"upstreams": {"probe": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp",
-                                          "protocol": upstream_protocol}}}
-        with run_gateway(config, tmp_path, wait_healthy=True) as gw, httpx2.Client(timeout=10) as http:
-            headers = {**MCP_HEADERS, "mcp-protocol-version": era}
-            params: dict[str, Any] = {"name": "probe__wait", "arguments": {"seconds": 30}}
-            if era == "2026-07-28":
-                headers.update({"mcp-method": "tools/call", "mcp-name": "probe__wait"})
-                params["_meta"] = {"io.modelcontextprotocol/protocolVersion": era,
-                                   "io.modelcontextprotocol/clientCapabilities": {}}
-            else:
-                init = http.post(gw.mcp, json=initialize_request(era), headers=MCP_HEADERS)
-                headers["mcp-session-id"] = init.headers["mcp-session-id"]
-            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}).encode()
-            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as caller:
-                caller.sendall(f"POST /mcp HTTP/1.1\r\nhost: 127.0.0.1:{gw.port}\r\n{head}"
-                               f"content-length: {len(body)}\r\n\r\n".encode() + body)
-                wait_until(lambda: marker.exists() and marker.read_text() == "started", timeout=10)
-            # the caller's connection is closed with the call unanswered
-            wait_until(lambda: marker.read_text() == "cancelled", timeout=10)
-            wait_until(lambda: '"outcome": "cancelled"' in gw.log_text(), timeout=10)
-            direct = era != "2026-07-28" or upstream_protocol == "auto"  # else the SDK path serves it
-            assert gw.health()["direct_calls"]["served"] == (1 if direct else 0)
+def test_cancellation_reaches_the_upstream(
+    tmp_path: Path, probe: tuple[Path, int], era: str, upstream_protocol: str
+) -> None:
+    """A caller cancels mid-call (2026-07-28: by closing its request; handshake era: notifications/cancelled on
+    its session): the upstream's handler sees the cancellation (the request closed for a 2026-07-28 upstream,
+    notifications/cancelled on a handshake-era session) and the call is recorded as cancelled."""
+    marker, port = probe
+    config = {"upstreams": {"probe": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp",
+                                      "protocol": upstream_protocol}}}
+    with run_gateway(config, tmp_path, wait_healthy=True) as gw, httpx2.Client(timeout=10) as http:
+        caller, headers = _start_probe_call(gw, era, 30, http)
+        with caller:
+            wait_until(lambda: marker.exists() and marker.read_text() == "started", timeout=10)
+            if era != "2026-07-28":
+                cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}}
+                assert http.post(gw.mcp, json=cancel, headers=headers).status_code == 202
+        wait_until(lambda: marker.read_text() == "cancelled", timeout=10)
+        wait_until(lambda: '"outcome": "cancelled"' in gw.log_text(), timeout=10)
+        direct = era != "2026-07-28" or upstream_protocol == "auto"  # else the SDK path serves it
+        assert gw.health()["direct_calls"]["served"] == (1 if direct else 0)
+
+
+def test_handshake_caller_disconnect_is_not_a_cancellation(tmp_path: Path, probe: tuple[Path, int]) -> None:
+    """The handshake-era transport says a dropped connection is not a cancellation: the call runs to its end
+    (and is charged), as on the SDK path."""
+    marker, port = probe
+    config = {"upstreams": {"probe": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp"}}}
+    with run_gateway(config, tmp_path, wait_healthy=True) as gw, httpx2.Client(timeout=10) as http:
+        caller, _ = _start_probe_call(gw, "2025-11-25", 1.5, http)
+        with caller:
+            wait_until(lambda: marker.exists() and marker.read_text() == "started", timeout=10)
+        wait_until(lambda: marker.read_text() == "finished", timeout=10)
+        wait_until(lambda: '"outcome": "ok"' in gw.log_text(), timeout=10)
+        assert gw.health()["direct_calls"]["served"] == 1
 
 
 async def test_silent_modern_call_is_kept_alive_with_pings(monkeypatch: pytest.MonkeyPatch) -> None:

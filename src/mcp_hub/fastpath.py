@@ -242,19 +242,22 @@ class DirectCalls:
         """An initialize: pass it to the SDK and note the session it opens, with the caller's capabilities."""
         params = message.get("params")
         capabilities = params.get("capabilities") if isinstance(params, dict) else None
-        opened: list[str] = []
 
         async def watch(event: Message) -> None:
+            # noted before the answer leaves: the client may use the session the moment it reads it
             if event["type"] == "http.response.start" and event.get("status") == 200:
-                opened.extend(v.decode("latin-1") for k, v in event.get("headers", ()) if k == b"mcp-session-id")
+                for key, value in event.get("headers", ()):
+                    if key == b"mcp-session-id":
+                        self._note_session(value.decode("latin-1"), capabilities)
             await send(event)
 
         await self.app(scope, receive, watch)
-        if opened:
-            self.sessions[opened[0]] = _Session(capabilities if isinstance(capabilities, dict) else {})
-            if len(self.sessions) > 2 * len(self._instances or ()) + 64:
-                live = self._instances or {}
-                self.sessions = {k: v for k, v in self.sessions.items() if k in live}
+
+    def _note_session(self, session_id: str, capabilities: Any) -> None:
+        self.sessions[session_id] = _Session(capabilities if isinstance(capabilities, dict) else {})
+        if len(self.sessions) > 2 * len(self._instances or ()) + 64:
+            live = self._instances or {}
+            self.sessions = {k: v for k, v in self.sessions.items() if k in live or k == session_id}
 
     def _observe(self, session_id: str, kind: Any, message: dict[str, Any]) -> None:
         """Requests the SDK serves that the direct path must know of: log level, cancellation."""
@@ -338,18 +341,23 @@ class DirectCalls:
         self.stats.calls += 1
         sse = False if self.json_response else (None if verdict is not None else True)
         reply = _Reply(send, session_id, sse)
+        settle = _Settle()
         with _activity(transport):
             answer = await self._serve(message, params, arguments, upstream, route, consumer, session_id, session,
-                                       reply, scope, receive, modern=verdict is not None)
-        await reply.finish(answer)
+                                       reply, scope, receive, settle, modern=verdict is not None)
+        try:
+            await reply.finish(answer)
+        finally:
+            await settle.run()
         return True
 
     async def _serve(
         self, message: dict[str, Any], params: dict[str, Any], arguments: dict[str, Any] | None,
         upstream: McpUpstream, route: Any, consumer: Consumer, session_id: str | None, session: _Session,
-        reply: _Reply, scope: Scope, receive: Receive, *, modern: bool,
+        reply: _Reply, scope: Scope, receive: Receive, settle: _Settle, *, modern: bool,
     ) -> dict[str, Any] | None:
-        """The call through the pipeline and the upstream; the JSON-RPC answer (None: cancelled)."""
+        """The call through the pipeline and the upstream; the JSON-RPC answer (None: cancelled), with what
+        is left to record once it is sent put in `settle`."""
         request_id = message["id"]
         pipeline = self.gateway.pipeline
         name = params["name"]
@@ -374,7 +382,7 @@ class DirectCalls:
         relayed = False
         with anyio.CancelScope() as cancel:
             session.calls[key] = cancel
-            watch = _DisconnectWatch(receive, cancel, reply)
+            watch = _DisconnectWatch(receive, cancel, reply) if modern else None
             try:
                 notify = reply.event
                 if upstream.direct is not None and not upstream.direct.modern:
@@ -389,23 +397,27 @@ class DirectCalls:
             except (UpstreamUnavailable, MCPError) as exc:
                 outcome = exc
             finally:
-                watch.close()
+                if watch is not None:
+                    watch.close()
                 session.calls.pop(key, None)
         if outcome is None:
             if not relayed:  # a relayed call is the relay's to record
                 pipeline.finish_call(call, CallOutcome.CANCELLED)
             return None
+        # The call is over: the caller gets its answer first, the charge and audit follow (`settle`).
         if isinstance(outcome, MCPError):
-            pipeline.finish_call(call, CallOutcome.ERROR, error=outcome.error.message)
+            settle.step = functools.partial(_record, pipeline, call, CallOutcome.ERROR, outcome.error.message)
             return _error(request_id, outcome)
         if isinstance(outcome, UpstreamUnavailable):
             result: dict[str, Any] = {"content": [{"type": "text", "text": str(outcome)}], "isError": True}
-            await pipeline.charge(call, result, CallOutcome.UNAVAILABLE)
+            settle.step = functools.partial(pipeline.charge, call, result, CallOutcome.UNAVAILABLE)
         elif relayed:  # charged by the relay when it ended, or still waiting for the caller's answers
             result = outcome
         else:
             result = outcome if modern else {k: v for k, v in outcome.items() if k != "resultType"}
-            await pipeline.charge(call, result, CallOutcome.ERROR_RESULT if result.get("isError") else CallOutcome.OK)
+            settle.step = functools.partial(
+                pipeline.charge, call, result, CallOutcome.ERROR_RESULT if result.get("isError") else CallOutcome.OK
+            )
         if modern:
             result = {**result, "resultType": result.get("resultType", "complete")}
         return {"jsonrpc": "2.0", "id": request_id, "result": result}
@@ -454,6 +466,23 @@ def _modern_verdict(
     return verdict
 
 
+class _Settle:
+    """What is left to record of a call once its answer is on its way (charge, audit, metrics)."""
+
+    __slots__ = ("step",)
+
+    def __init__(self) -> None:
+        self.step: Callable[[], Awaitable[None]] | None = None
+
+    async def run(self) -> None:
+        if self.step is not None:
+            await self.step()
+
+
+async def _record(pipeline: Any, call: Any, outcome: CallOutcome, error: str) -> None:
+    pipeline.finish_call(call, outcome, error=error)
+
+
 _LOG_LEVELS = {level: rank for rank, level in enumerate(
     ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"))}
 
@@ -469,10 +498,12 @@ async def _at_level(level: str, forward: Callable[[dict[str, Any]], Awaitable[No
 
 
 class _DisconnectWatch:
-    """Cancels a call when its client goes away, and keeps a 2026-07-28 caller's silent stream alive with
-    a ping every PING_INTERVAL seconds (as the SDK's entry does, so proxies do not cut it). The tasks
-    start only once the call has run for `after` seconds: most calls end sooner, and a task per call
-    would cost more than their relay work."""
+    """For a 2026-07-28 caller, whose closed request is its cancellation: cancels the call when the
+    caller goes away, and keeps its silent stream alive with a ping every PING_INTERVAL seconds (as
+    the SDK's entry does, so proxies do not cut it). A handshake-era caller cancels with
+    notifications/cancelled; its disconnect is not a cancellation (the transport spec says so), and
+    its call runs to the end as on the SDK path. The tasks start only once the call has run for
+    `after` seconds: most calls end sooner, and a task per call would cost more than their relay work."""
 
     def __init__(self, receive: Receive, scope: anyio.CancelScope, reply: _Reply, after: float = 0.05) -> None:
         self._tasks: list[asyncio.Task[None]] = []
