@@ -15,7 +15,8 @@ them). What a call can need on the way is kept: progress and log messages stream
 call's response; an upstream's questions are put to a handshake-era caller as requests on that
 stream, whose answers (POSTed back on the session) this wrapper takes, and to a 2026-07-28 caller as
 the gateway's own InputRequiredResult rounds (the relay the SDK path uses); `notifications/cancelled`
-or a closed connection cancel the upstream request. `listen.direct_calls: false` turns the path off.
+(and a 2026-07-28 caller's closed request) cancel the upstream request. `listen.direct_calls: false`
+turns the path off.
 """
 
 from __future__ import annotations
