@@ -237,23 +237,34 @@ async def test_cancelled_call_ends_upstream_request_and_is_audited(pair: dict[st
     wait_until(lambda: '"outcome": "cancelled"' in fast.log_text(), timeout=10)
 
 
-def test_raw_http_answer_matches_the_sdk_transport(pair: dict[str, Any]) -> None:
-    """Headers and framing as the SDK transport writes them: SSE, the session id, the request's own id."""
+def test_raw_http_answers_of_both_paths(pair: dict[str, Any]) -> None:
+    """The session id, the request's own id, no 2026-07-28 fields. The SDK transport always streams SSE; the
+    direct path answers JSON (read to its end, so the caller's HTTP client keeps its connection) unless
+    something is streamed before the answer, then SSE."""
     for gw in (pair["fast"], pair["sdk"]):
         with httpx2.Client(timeout=10) as http:
             init = http.post(gw.mcp, json=initialize_request("2025-11-25"), headers=MCP_HEADERS)
             session = init.headers["mcp-session-id"]
             headers = {**MCP_HEADERS, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
             http.post(gw.mcp, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers)
-            call = {"jsonrpc": "2.0", "id": "abc", "method": "tools/call",
-                    "params": {"name": "up__echo", "arguments": {"text": "x"}, "_meta": {"progressToken": "t"}}}
+            for n in range(3):
+                call = {"jsonrpc": "2.0", "id": f"abc{n}", "method": "tools/call",
+                        "params": {"name": "up__echo", "arguments": {"text": "x"}, "_meta": {"progressToken": "t"}}}
+                response = http.post(gw.mcp, json=call, headers=headers)
+                assert response.status_code == 200
+                assert response.headers["mcp-session-id"] == session
+                expected = "application/json" if gw is pair["fast"] else "text/event-stream"
+                assert response.headers["content-type"].startswith(expected)
+                answer = answer_of(response, f"abc{n}")
+                assert answer["result"]["content"] == [{"type": "text", "text": "x"}]
+                assert "resultType" not in answer["result"]  # a 2026-07-28 field, not for this caller
+            # progress before the answer: SSE on either path, the notifications first
+            call = {"jsonrpc": "2.0", "id": "p", "method": "tools/call",
+                    "params": {"name": "up__progress", "arguments": {"steps": 2}, "_meta": {"progressToken": "t"}}}
             response = http.post(gw.mcp, json=call, headers=headers)
-            assert response.status_code == 200
             assert response.headers["content-type"].startswith("text/event-stream")
-            assert response.headers["mcp-session-id"] == session
-            answer = answer_of(response, "abc")
-            assert answer["result"]["content"] == [{"type": "text", "text": "x"}]
-            assert "resultType" not in answer["result"]  # a 2026-07-28 field, not for this caller
+            assert response.text.count('"notifications/progress"') == 2
+            assert answer_of(response, "p")["result"]["content"][0]["text"] == "done 2 steps"
             # a session that does not exist is the SDK's 404, whichever path
             gone = http.post(gw.mcp, json=call, headers={**headers, "mcp-session-id": "f" * 32})
             assert gone.status_code == 404

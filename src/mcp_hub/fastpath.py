@@ -80,21 +80,22 @@ class _Session:
 
 
 class _Reply:
-    """The HTTP response of one call: an SSE stream (the SDK's default), or one JSON body.
+    """The HTTP response of one call: one JSON body, or an SSE stream.
 
-    `sse` None (2026-07-28 callers): JSON unless something is streamed before the answer, as the SDK's
-    per-request entry answers; its JSON errors then carry the status the spec maps their code to.
+    `sse` None: JSON unless something is streamed before the answer (a notification, a request to the
+    caller, a keep-alive ping), then SSE. The transport spec lets a server answer a POSTed request
+    either way and has every client take both; a JSON answer is read to its end, so the caller's
+    HTTP client keeps its connection (the SDK's client drops it after an SSE answer). `sse` False:
+    JSON only (`listen.json_response`). `modern`: a 2026-07-28 caller, whose JSON errors carry the
+    status the spec maps their code to (as the SDK's per-request entry answers).
     """
 
-    def __init__(self, send: Send, session_id: str | None, sse: bool | None) -> None:
+    def __init__(self, send: Send, session_id: str | None, sse: bool | None, *, modern: bool = False) -> None:
         self.send = send
         self.session_id = session_id.encode("latin-1") if session_id is not None else None
         self.sse = sse
+        self.modern = modern
         self.started = False
-
-    @property
-    def streams(self) -> bool:
-        return self.sse is not False
 
     async def _start(self, sse: bool, status: int = 200, length: int | None = None) -> None:
         self.started = True
@@ -128,7 +129,7 @@ class _Reply:
             body = b"" if message is None else _frame(message)
         else:
             status = 200
-            if self.sse is None and message is not None and "error" in message:
+            if self.modern and message is not None and "error" in message:
                 status = ERROR_CODE_HTTP_STATUS.get(message["error"].get("code"), 200)
             body = b"" if message is None else _json(message)
             await self._start(False, status, len(body))
@@ -146,7 +147,7 @@ class _StreamPeer(DownstreamPeer):
 
     def supports(self, method: str) -> bool:
         need = _NEEDS.get(method)
-        return (self.reply.sse is True and self.session_id is not None and need is not None
+        return (self.reply.sse is not False and self.session_id is not None and need is not None
                 and need in self.session.capabilities)
 
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
@@ -340,8 +341,7 @@ class DirectCalls:
         if not isinstance(consumer, Consumer):
             return False
         self.stats.calls += 1
-        sse = False if self.json_response else (None if verdict is not None else True)
-        reply = _Reply(send, session_id, sse)
+        reply = _Reply(send, session_id, False if self.json_response else None, modern=verdict is not None)
         settle = _Settle()
         with _activity(transport):
             answer = await self._serve(message, params, arguments, upstream, route, consumer, session_id, session,
@@ -512,7 +512,7 @@ class _DisconnectWatch:
 
     def _start(self, receive: Receive, scope: anyio.CancelScope, reply: _Reply) -> None:
         self._tasks.append(asyncio.ensure_future(_cancel_on_disconnect(receive, scope)))
-        if reply.sse is None:
+        if reply.sse is not False:
             self._tasks.append(asyncio.ensure_future(_keep_alive(reply)))
 
     def close(self) -> None:
