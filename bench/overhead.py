@@ -7,11 +7,15 @@ handshake-era SDK clients on stateful sessions (what Claude Code and VS Code spe
 - mcp-hub: the gateway as configured by default (tools/call on its direct path, fastpath.py);
 - mcp-hub/sdk: the same gateway with `listen.direct_calls: false` (every call through the SDK's server
   and client sessions), to show what the direct path saves.
+The upstream answers JSON by default, as the gateway's direct path does when nothing is streamed
+before the answer: the SDK client keeps its HTTP connection after a JSON answer and reconnects after
+an SSE one, so with SSE answers (`--upstream-answers sse`, the SDK server's default) the direct
+baseline pays a TCP connection per call that the gateway's callers do not.
 All are measured in one interleaved run (direct, mcp-hub, mcp-hub/sdk, direct, ...) so the ratios
 compare like with like on a shared 2-core machine. Prints a table and the ratios against direct.
 
     .venv/bin/python bench/overhead.py [--seconds 5] [--rounds 2] [--payload 100] [--mode legacy|auto]
-        [--upstream-protocol auto|legacy]
+        [--upstream-protocol auto|legacy] [--upstream-answers json|sse]
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--mode", choices=["legacy", "auto"], default="legacy", help="the SDK clients' mode")
+    parser.add_argument("--upstream-answers", choices=["json", "sse"], default="json",
+                        help="how the upstream answers a handshake-era POST: JSON (like the gateway, so the SDK "
+                        "client keeps its connection either way) or SSE (the SDK server's default: the client "
+                        "reconnects for every call made directly)")
     parser.add_argument("--upstream-protocol", choices=["auto", "legacy"], default="auto",
                         help="how the gateway speaks to the upstream: 2026-07-28 (auto) or a handshake-era session")
     args = parser.parse_args()
@@ -52,7 +60,8 @@ def main() -> None:
     up_port, gw_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     upstream = subprocess.Popen(
-        [sys.executable, "-m", "tests.servers.demo_server", "--transport", "streamable-http", "--port", str(up_port)],
+        [sys.executable, "-m", "tests.servers.demo_server", "--transport", "streamable-http", "--port", str(up_port),
+         *(["--json-response"] if args.upstream_answers == "json" else [])],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     config = {"upstreams": {"up": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp",
@@ -80,7 +89,7 @@ def main() -> None:
         results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload, args.mode),
                           args.rounds, args.concurrency)
         print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
-              f"{args.upstream_protocol}, "
+              f"{args.upstream_protocol}, upstream answers {args.upstream_answers}, "
               f"{args.rounds} interleaved rounds of {args.seconds:g}s, load {os.getloadavg()[0]:.2f}")
         print(f"{'target':<12}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}{'RSS MB':>9}")
         summary: dict[tuple[str, int], dict[str, float]] = {}
