@@ -561,3 +561,39 @@ async def test_silent_modern_call_is_kept_alive_with_pings(monkeypatch: pytest.M
     pings = [m for m in sent[1:-1] if m.get("body") == b": ping\r\n\r\n"]
     assert len(pings) >= 2
     assert sent[-1]["body"].startswith(b"event: message\r\ndata: ") and sent[-1]["more_body"] is False
+
+
+async def test_another_credential_cannot_steer_a_sessions_call(tmp_path: Path, pair: dict[str, Any]) -> None:
+    """A session belongs to the credential that opened it: another caller holding its id can neither cancel its
+    call nor answer the questions put to it (the SDK refuses that caller's requests with 404; the direct path
+    takes nothing from them)."""
+    from mcp_hub.auth.keys import new_api_key
+
+    (alice, alice_sha), (bob, bob_sha) = new_api_key(), new_api_key()
+    upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{pair['port']}/mcp",
+                "protocol": pair["upstream"]}
+    config = {"upstreams": {"up": upstream},
+              "auth": {"mode": "api_key", "api_keys": [{"consumer": "alice", "sha256": alice_sha},
+                                                       {"consumer": "bob", "sha256": bob_sha}]}}
+    with run_gateway(config, tmp_path, wait_healthy=True, name="owners") as gw:
+        async with httpx2.AsyncClient(timeout=20) as http:
+            as_alice = {**MCP_HEADERS, "authorization": f"Bearer {alice}"}
+            init = await http.post(gw.mcp, json=initialize_request("2025-11-25"), headers=as_alice)
+            session = {"mcp-session-id": init.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
+            as_bob = {**MCP_HEADERS, "authorization": f"Bearer {bob}", **session}
+            call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": "up__slow", "arguments": {"seconds": 1}}}
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}}
+            answers: list[httpx2.Response] = []
+
+            async def alice_calls() -> None:
+                answers.append(await http.post(gw.mcp, json=call, headers={**as_alice, **session}))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(alice_calls)
+                await anyio.sleep(0.3)
+                assert (await http.post(gw.mcp, json=cancel, headers=as_bob)).status_code == 404
+            answer = answer_of(answers[0], 1)
+            assert "result" in answer and not answer["result"].get("isError"), answer
+        assert gw.health()["direct_calls"]["served"] == 1
+        assert '"outcome": "cancelled"' not in gw.log_text()

@@ -223,7 +223,7 @@ class DirectCalls:
                 self.stats.handed_over += 1
         elif kind is None and "id" in message:
             waiter = self.waiting.get((session_id, _hashable(message.get("id"))))
-            if waiter is not None:
+            if waiter is not None and self._live_session(session_id, scope) is not None:
                 waiter[1].update(message)
                 waiter[0].set()
                 await send({"type": "http.response.start", "status": 202,
@@ -235,7 +235,7 @@ class DirectCalls:
                 return
             self.stats.handed_over += 1
         else:
-            self._observe(session_id, kind, message)
+            self._observe(session_id, kind, message, scope)
         await self.app(scope, replay, send)
 
     # -- sessions --------------------------------------------------------------------------------
@@ -261,11 +261,15 @@ class DirectCalls:
             live = self._instances or {}
             self.sessions = {k: v for k, v in self.sessions.items() if k in live or k == session_id}
 
-    def _observe(self, session_id: str, kind: Any, message: dict[str, Any]) -> None:
-        """Requests the SDK serves that the direct path must know of: log level, cancellation."""
-        session = self.sessions.get(session_id)
-        if session is None:
+    def _observe(self, session_id: str, kind: Any, message: dict[str, Any], scope: Scope) -> None:
+        """Requests the SDK serves that the direct path must know of: log level, cancellation (from the
+        credential that opened the session only, as the SDK takes them)."""
+        if kind not in ("logging/setLevel", "notifications/cancelled"):
             return
+        live = self._live_session(session_id, scope)
+        if live is None:
+            return
+        session = live[0]
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         if kind == "logging/setLevel" and isinstance(params.get("level"), str):
             session.log_level = params["level"]
