@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.processes import stop, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
-from bench.proc import measure, wait_gateway_ready  # noqa: E402
+from bench.proc import aggregate, measure, wait_gateway_ready  # noqa: E402
 
 FASTMCP_VENV = ROOT / ".tools" / "fastmcp-venv"
 FASTMCP_VERSION = "4.1.2"  # 4.1.3+ needs a certifi the registry here does not serve
@@ -166,14 +165,7 @@ def report(args: argparse.Namespace, targets: dict[str, Any], results: dict[tupl
     for c in args.concurrency:
         for name in targets:
             runs = results[(name, c)]
-            agg = {
-                "rate": statistics.mean(r["rate"] for r in runs),
-                "p50": statistics.median(r["p50"] for r in runs),
-                "p99": max(r["p99"] for r in runs),
-                "errors": sum(r["errors"] for r in runs),
-                "cpu": statistics.mean(r["cpu_ms_per_call"] for r in runs),
-                "rss": max(r["rss"] for r in runs),
-            }
+            agg = aggregate(runs)
             summary[(name, c)] = agg
             print(f"{name:<15}{c:>4}{agg['rate']:>10.1f}{agg['p50']:>10.2f}{agg['p99']:>10.2f}{agg['errors']:>8}"
                   f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from tests.support.processes import stop, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
 from bench.compare import load  # noqa: E402
-from bench.proc import measure, wait_gateway_ready  # noqa: E402
+from bench.proc import aggregate, measure, wait_gateway_ready  # noqa: E402
 
 
 def main() -> None:
@@ -95,14 +94,7 @@ def main() -> None:
         summary: dict[tuple[str, int], dict[str, float]] = {}
         order = list(targets)
         for (name, c), runs in sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
-            agg = {
-                "rate": statistics.mean(r["rate"] for r in runs),
-                "p50": statistics.median(r["p50"] for r in runs),
-                "p99": max(r["p99"] for r in runs),
-                "errors": sum(r["errors"] for r in runs),
-                "cpu": statistics.mean(r["cpu_ms_per_call"] for r in runs),
-                "rss": runs[-1]["rss"],
-            }
+            agg = aggregate(runs)
             summary[(name, c)] = agg
             print(f"{name:<12}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
                   f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,3 +58,15 @@ def measure(
                 r["rss"] = rss_mib(pid)
                 results.setdefault((name, c), []).append(r)
     return results
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """One target's rounds at one concurrency: mean rate and CPU, median p50, worst p99, all errors, peak RSS."""
+    return {
+        "rate": statistics.mean(r["rate"] for r in runs),
+        "p50": statistics.median(r["p50"] for r in runs),
+        "p99": max(r["p99"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "cpu": statistics.mean(r["cpu_ms_per_call"] for r in runs),
+        "rss": max(r["rss"] for r in runs),
+    }
