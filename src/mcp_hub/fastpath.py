@@ -78,6 +78,11 @@ class _Session:
     log_level: str = "debug"
     calls: dict[Any, anyio.CancelScope] = field(default_factory=dict)
 
+    def declares(self, method: str) -> bool:
+        """Whether the caller declared the capability that a request `method` to it needs."""
+        need = _NEEDS.get(method)
+        return need is not None and need in self.capabilities
+
 
 class _Reply:
     """The HTTP response of one call: one JSON body, or an SSE stream.
@@ -146,9 +151,7 @@ class _StreamPeer(DownstreamPeer):
         self.reply = reply
 
     def supports(self, method: str) -> bool:
-        need = _NEEDS.get(method)
-        return (self.reply.sse is not False and self.session_id is not None and need is not None
-                and need in self.session.capabilities)
+        return self.reply.sse is not False and self.session_id is not None and self.session.declares(method)
 
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
         key = (self.session_id, f"mcphub-{next(self.owner.ids)}")
@@ -439,12 +442,10 @@ class DirectCalls:
             result = await upstream.call_tool_direct(name, arguments, ctx, resume=asked)
             return types.CallToolResult.model_validate(result, by_name=False)
 
-        def capable(method: str) -> bool:
-            need = _NEEDS.get(method)
-            return need is not None and need in session.capabilities
-
         # charged and audited by the relay when the call ends, which may be in a later request
-        answer = await self.gateway.relayed_call(call, call.consumer, capable, run, upstream.config.call_timeout)
+        answer = await self.gateway.relayed_call(
+            call, call.consumer, session.declares, run, upstream.config.call_timeout
+        )
         return answer.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 

@@ -134,7 +134,7 @@ class McpUpstream(Upstream):
         self.capabilities: types.ServerCapabilities | None = None
         self.connects = 0
         self._upstream_session: str | None = None
-        # Set while connected to a 2026-07-28 Streamable HTTP upstream: the gateway's direct call path.
+        # Set while connected over Streamable HTTP (either era): the gateway's direct call path.
         self.direct: DirectChannel | None = None
 
     def health(self) -> dict[str, Any]:
@@ -491,6 +491,7 @@ class McpUpstream(Upstream):
             meta["progressToken"] = progress_token
         timeout = ctx.timeout or self.config.call_timeout
         what = f"tools/call {name}"
+        answer_for_caller = functools.partial(self._answer_for, ctx)
         try:
             with anyio.fail_after(timeout):
                 extra: dict[str, Any] | None = None
@@ -498,7 +499,7 @@ class McpUpstream(Upstream):
                 for _ in range(9):
                     message = answered or await channel.call(
                         name, arguments, meta, notify, headers=ctx.headers, extra_params=extra,
-                        on_request=functools.partial(self._answer_for, ctx),
+                        on_request=answer_for_caller,
                     )
                     answered = None
                     error = message.get("error")
