@@ -59,10 +59,11 @@ def policy_path(iterations: int) -> tuple[float, float]:
     import anyio
     import mcp_types as types
 
-    from mcp_hub.catalog import CatalogView, Source
-    from mcp_hub.observability import configure_logging
-    from mcp_hub.pipeline import CallOutcome, PolicyPipeline
-    from mcp_hub.policy.models import PolicyConfig
+    from mcp_hub.config.policy import PolicyConfig
+    from mcp_hub.core.access import Access
+    from mcp_hub.metering.meter import Meter
+    from mcp_hub.metering.observability import configure_logging
+    from mcp_hub.metering.record import CallOutcome, CallRecord
 
     configure_logging(json=True, stream=open(os.devnull, "w"))  # noqa: SIM115 - lives for the run
     policy = PolicyConfig.model_validate({
@@ -70,11 +71,11 @@ def policy_path(iterations: int) -> tuple[float, float]:
         "groups": {"dev": {"tools": {"allow": ["up0*__*"], "deny": ["up00__tool_0001"]},
                            "budgets": [{"tokens": 10**12, "window": "1 hour"}]}},
     })
-    pipeline = PolicyPipeline(policy)
+    access, meter = Access(policy), Meter(policy)
     consumer = Consumer("alice", ("dev",))
     tool = types.Tool(name="up01__tool_0002", input_schema={"type": "object"})
-    view = CatalogView(version=1, tools={tool.name: (tool, Source("up01", "tool_0002"))})
-    result = types.CallToolResult(content=[types.TextContent(type="text", text="x" * 100)])
+    result = types.CallToolResult(content=[types.TextContent(type="text", text="x" * 100)]).model_dump(
+        by_alias=True, mode="json", exclude_none=True)
     args = {"text": "x" * 100}
 
     async def run() -> tuple[float, float]:
@@ -84,10 +85,10 @@ def policy_path(iterations: int) -> tuple[float, float]:
         base = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(iterations):
-            call = pipeline.start_call(view, consumer, tool.name, view.tools[tool.name])
-            call.arguments = args
-            await pipeline.admit(call, args)
-            await pipeline.charge(call, result, CallOutcome.OK)
+            decision = access.decide(consumer, "tool", tool.name, "up01")
+            record = CallRecord(consumer, tool.name, "up01", decision.allowed, decision.rule, arguments=args)
+            await meter.admit(record)
+            await meter.settle(record, CallOutcome.OK, result=result)
         return (time.perf_counter() - t0) / iterations * 1e6, base / iterations * 1e6
 
     return anyio.run(run)

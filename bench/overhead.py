@@ -4,9 +4,12 @@ Targets, all in front of one demo server (its `echo` tool, 2026-07-28 over Strea
 handshake-era SDK clients on stateful sessions (what Claude Code and VS Code speak today), or with
 `--mode auto` by 2026-07-28 clients:
 - direct: the upstream itself;
-- mcp-hub: the gateway as configured by default (tools/call on its direct path, fastpath.py);
-- mcp-hub/sdk: the same gateway with `listen.direct_calls: false` (every call through the SDK's server
-  and client sessions), to show what the direct path saves.
+- mcp-hub: the gateway as configured by default (tools/call through its direct HTTP entry, transport/direct.py);
+- mcp-hub/sdk: the same gateway with `listen.direct_calls: false` (every request framed by the SDK's
+  server session; the call path and the upstream channel behind it are the same), to show what the
+  direct entry saves;
+- baseline (with `--baseline CHECKOUT`): the default gateway of another checkout, e.g. the commit before
+  a change, in the same run.
 The upstream answers JSON by default, as the gateway's direct path does when nothing is streamed
 before the answer: the SDK client keeps its HTTP connection after a JSON answer and reconnects after
 an SSE one, so with SSE answers (`--upstream-answers sse`, the SDK server's default) the direct
@@ -53,6 +56,9 @@ def main() -> None:
                         "reconnects for every call made directly)")
     parser.add_argument("--upstream-protocol", choices=["auto", "legacy"], default="auto",
                         help="how the gateway speaks to the upstream: 2026-07-28 (auto) or a handshake-era session")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also measure the gateway of another checkout (e.g. a git worktree of an earlier "
+                        "commit), in the same interleaved run: target `baseline`")
     args = parser.parse_args()
     payload = "x" * args.payload
     tmp = Path(tempfile.mkdtemp(prefix="mcp-hub-bench-"))
@@ -67,14 +73,18 @@ def main() -> None:
                                    "protocol": args.upstream_protocol}}}
     (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
     (tmp / "gw-sdk.yaml").write_text(yaml.safe_dump({**config, "listen": {"direct_calls": False}}))
-    sdk_port = free_port()
+    sdk_port, base_port = free_port(), free_port()
+    runs = [(gw_port, "gw.yaml", env), (sdk_port, "gw-sdk.yaml", env)]
+    if args.baseline is not None:
+        # the other checkout's package first on the path, so `-m mcp_hub.cli` runs its code
+        runs.append((base_port, "gw.yaml", dict(env, PYTHONPATH=f"{args.baseline.resolve() / 'src'}:{ROOT}")))
     gateways = {
         port: subprocess.Popen(
             [sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(tmp / name), "--port", str(port)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"),
+            cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{port}.log", "wb"),
             start_new_session=True,
         )
-        for port, name in ((gw_port, "gw.yaml"), (sdk_port, "gw-sdk.yaml"))
+        for port, name, run_env in runs
     }
     try:
         wait_for_port(up_port, proc=upstream)
@@ -85,6 +95,8 @@ def main() -> None:
             "mcp-hub": (f"http://127.0.0.1:{gw_port}/mcp", "up__echo", gateways[gw_port].pid),
             "mcp-hub/sdk": (f"http://127.0.0.1:{sdk_port}/mcp", "up__echo", gateways[sdk_port].pid),
         }
+        if args.baseline is not None:
+            targets["baseline"] = (f"http://127.0.0.1:{base_port}/mcp", "up__echo", gateways[base_port].pid)
         results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload, args.mode),
                           args.rounds, args.concurrency)
         print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
@@ -101,12 +113,13 @@ def main() -> None:
         print()
         for c in args.concurrency:
             d = summary[("direct", c)]
-            for name in ("mcp-hub", "mcp-hub/sdk"):
+            for name in [n for n in targets if n != "direct"]:
                 g = summary[(name, c)]
                 print(f"C={c}: throughput {name}/direct = {g['rate'] / d['rate']:.2f}"
                       + (" (target >= 0.50)" if name == "mcp-hub" else "")
                       + f"; added p50 = {g['p50'] - d['p50']:.2f} ms"
-                      + (" (target <= 2 ms)" if c == 1 and name == "mcp-hub" else ""))
+                      + (" (target <= 2 ms)" if c == 1 and name == "mcp-hub" else "")
+                      + f"; cpu {g['cpu']:.2f} ms/call")
         print(f"direct-path calls served / handed to the SDK: {_direct_counts(gw_port)}")
     finally:
         for gateway in gateways.values():

@@ -16,10 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from mcp_hub.auth.identity import Consumer
-from mcp_hub.observability import Metrics, audit, configure_logging
+from mcp_hub.config.policy import PolicyConfig
+from mcp_hub.metering.budgets import Budgets
+from mcp_hub.metering.observability import Metrics, audit, configure_logging
 from mcp_hub.policy.acl import decide
-from mcp_hub.policy.budget import Budgets
-from mcp_hub.policy.models import PolicyConfig
 
 CONFIG = {
     "default_acl": "deny",

@@ -31,11 +31,11 @@ from pydantic_core import PydanticUndefined
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mcp_hub import admin as admin_models  # noqa: E402
-from mcp_hub import config as gateway_models  # noqa: E402
-from mcp_hub.auth import config as auth_models  # noqa: E402
-from mcp_hub.policy import models as policy_models  # noqa: E402
-from mcp_hub.upstreams.openapi import config as openapi_models  # noqa: E402
+from mcp_hub.config import admin as admin_models  # noqa: E402
+from mcp_hub.config import auth as auth_models  # noqa: E402
+from mcp_hub.config import models as gateway_models  # noqa: E402
+from mcp_hub.config import openapi as openapi_models  # noqa: E402
+from mcp_hub.config import policy as policy_models  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "configuration.md"
 CONNECTORS = ROOT / "connectors"

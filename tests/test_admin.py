@@ -264,7 +264,7 @@ def test_admin_off_without_keys_or_groups(api: str, tmp_path: Path) -> None:
 async def test_url_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
-    from mcp_hub.admin import AdminError, check_url
+    from mcp_hub.admin.api import AdminError, check_url
 
     def resolve(host: str, *args: Any, **kwargs: Any) -> list[Any]:
         address = {"metadata.internal": "169.254.169.254", "api.example.com": "93.184.216.34"}[host]
@@ -290,7 +290,7 @@ async def test_url_checks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_file_store_round_trip_and_bad_entries(tmp_path: Path) -> None:
-    from mcp_hub.registry import FileStore, open_store
+    from mcp_hub.admin.registry import FileStore, open_store
 
     store = open_store(None, config_path=tmp_path / "hub.yaml")
     assert isinstance(store, FileStore) and store.path == tmp_path / "hub.registrations.json"
@@ -301,7 +301,7 @@ def test_file_store_round_trip_and_bad_entries(tmp_path: Path) -> None:
 
 
 async def _round_trip(store: Any) -> None:
-    from mcp_hub.registry import Registration
+    from mcp_hub.admin.registry import Registration
 
     first = Registration(name="a", spec="https://x.example/openapi.json", created_at=1)
     await store.save(first)

@@ -26,7 +26,6 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from mcp_hub.auth.config import AuthConfig, IntrospectionConfig
 from mcp_hub.auth.credentials import UpstreamCredentials, build_upstream_credentials
 from mcp_hub.auth.errors import UpstreamCredentialError
 from mcp_hub.auth.gate import ACCESS_TOKEN_KEY, CONSUMER_KEY
@@ -35,6 +34,7 @@ from mcp_hub.auth.identity import Consumer
 from mcp_hub.auth.keys import new_api_key
 from mcp_hub.auth.metadata import resource_metadata_url
 from mcp_hub.auth.verifier import build_verifier
+from mcp_hub.config.auth import AuthConfig, IntrospectionConfig
 from tests.support.clients import claude_mcp_list, sdk_session
 from tests.support.idp import Idp, idp, idp_server, serve_asgi  # noqa: F401 - `idp` is a fixture
 from tests.support.rpc import MCP_HEADERS, initialize_request

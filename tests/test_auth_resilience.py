@@ -12,10 +12,10 @@ from joserfc.jwk import RSAKey
 from mcp.server.mcpserver import MCPServer
 
 from mcp_hub.auth.authserver import AuthorizationServerMetadata
-from mcp_hub.auth.config import AuthConfig, IntrospectionConfig
 from mcp_hub.auth.errors import AuthServerUnavailable, InvalidToken
 from mcp_hub.auth.gateway_auth import GatewayAuth
 from mcp_hub.auth.verifier import IntrospectionVerifier, OAuthVerifier, build_verifier
+from mcp_hub.config.auth import AuthConfig, IntrospectionConfig
 from tests.support.idp import Idp, idp, idp_server, serve_asgi, signing_jwks  # noqa: F401 - fixture
 from tests.support.rpc import MCP_HEADERS, initialize_request
 from tests.support.tools import free_port

@@ -18,7 +18,6 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from mcp_hub.auth.authserver import metadata_urls
-from mcp_hub.auth.config import AuthConfig, UpstreamCredentialConfig
 from mcp_hub.auth.credentials import (
     InjectedCredentials,
     PassthroughCredentials,
@@ -40,6 +39,7 @@ from mcp_hub.auth.identity import (
 from mcp_hub.auth.keys import api_key_digest, new_api_key
 from mcp_hub.auth.metadata import resource_metadata_url, upstream_resource_routes
 from mcp_hub.auth.verifier import ApiKeyVerifier, looks_like_jwt
+from mcp_hub.config.auth import AuthConfig, UpstreamCredentialConfig
 
 RESOURCE = "http://127.0.0.1:8000/mcp"
 OAUTH = {"mode": "oauth", "resource": RESOURCE, "authorization_servers": ["http://127.0.0.1:4000"]}

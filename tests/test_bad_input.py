@@ -274,6 +274,7 @@ def test_bodies_over_the_limit_get_413(stack: dict[str, Any]) -> None:
     # just under the limit is served
     text = "y" * (LIMIT - 4096)
     answer = raw.request("tools/call", {"name": "demo__echo", "arguments": {"text": text}})
+    assert "result" in answer, str(answer)[:500]
     assert answer["result"]["content"][0]["text"] == text
     alive(stack["gw"])
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from mcp_types import methods as _methods
 
-from mcp_hub.catalog import TOOL_NAME_RE, build_view, exposed_name, sanitize_name
+from mcp_hub.catalog.view import TOOL_NAME_RE, build_view, exposed_name, sanitize_name
 from mcp_hub.upstreams.base import UpstreamCatalog
 
 

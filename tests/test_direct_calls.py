@@ -53,9 +53,9 @@ def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 
 def _route(pair: dict[str, Any], mode: str) -> str:
-    """Which path a caller of `mode` takes: a 2026-07-28 caller of a handshake-era upstream is left to the SDK
-    (the upstream's mid-call requests need the relay's background call there)."""
-    return "handed_to_sdk" if mode == "auto" and pair["upstream"] == "legacy" else "served"
+    """Which entry frames a call of a caller of `mode`: the direct entry, for every upstream era (there is one
+    call path behind both entries, so it no longer hands any tools/call it can frame to the SDK's)."""
+    return "served"
 
 
 def _served(gw: RunningGateway, what: str = "served") -> int:
@@ -107,12 +107,10 @@ async def test_same_answers_on_both_paths(pair: dict[str, Any], mode: str) -> No
         await fast.list_tools()
         await sdk.list_tools()
         assert await _outcomes(fast, CALLS) == await _outcomes(sdk, CALLS)
-    # the unknown name is left to the SDK path, which answers it; everything else took `counter`'s path
-    if counter == "served":
-        assert _served(pair["fast"]) == before[0] + len(CALLS) - 1
-        assert _served(pair["fast"], "handed_to_sdk") == before[1] + 1
-    else:
-        assert _served(pair["fast"], "handed_to_sdk") == before[1] + len(CALLS)
+    # every call took `counter`'s entry, the unknown name too: a counter must not tell a missing tool from
+    # a hidden one
+    assert _served(pair["fast"], counter) == before[0] + len(CALLS)
+    assert _served(pair["fast"], "handed_to_sdk") == before[1]
     assert _served(pair["sdk"]) == 0
 
 
@@ -519,8 +517,7 @@ def test_cancellation_reaches_the_upstream(
                 assert http.post(gw.mcp, json=cancel, headers=headers).status_code == 202
         wait_until(lambda: marker.read_text() == "cancelled", timeout=10)
         wait_until(lambda: '"outcome": "cancelled"' in gw.log_text(), timeout=10)
-        direct = era != "2026-07-28" or upstream_protocol == "auto"  # else the SDK path serves it
-        assert gw.health()["direct_calls"]["served"] == (1 if direct else 0)
+        assert gw.health()["direct_calls"]["served"] == 1  # the direct entry frames it, whatever the eras
 
 
 def test_handshake_caller_disconnect_is_not_a_cancellation(tmp_path: Path, probe: tuple[Path, int]) -> None:
@@ -539,7 +536,7 @@ def test_handshake_caller_disconnect_is_not_a_cancellation(tmp_path: Path, probe
 
 async def test_silent_modern_call_is_kept_alive_with_pings(monkeypatch: pytest.MonkeyPatch) -> None:
     """A 2026-07-28 reply waits for the answer; a call silent past the ping interval commits to SSE and pings."""
-    from mcp_hub import fastpath
+    from mcp_hub.transport import direct as fastpath
 
     monkeypatch.setattr(fastpath, "PING_INTERVAL", 0.05)
     sent: list[dict[str, Any]] = []

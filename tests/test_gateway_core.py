@@ -358,7 +358,7 @@ async def test_forged_request_state_is_refused(stack: dict[str, Any]) -> None:
 
 
 def test_relay_state_signing_is_tamper_proof() -> None:
-    from mcp_hub.relay import StateSigner
+    from mcp_hub.core.relay import StateSigner
 
     signer = StateSigner()
     token = signer.sign({"id": "abc", "tool": "t", "sub": "alice", "exp": 2**40})

@@ -12,8 +12,8 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from mcp_hub.auth.identity import Consumer
-from mcp_hub.observability import Metrics, audit, configure_logging, group_label, redact
-from mcp_hub.policy.budget import BudgetSnapshot
+from mcp_hub.metering.budgets import BudgetSnapshot
+from mcp_hub.metering.observability import Metrics, audit, configure_logging, group_label, redact
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSIsImV4cCI6MX0.c2lnbmF0dXJlLWJ5dGVz"
 GITHUB_PAT = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"

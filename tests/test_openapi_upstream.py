@@ -433,7 +433,7 @@ async def test_large_document_converts_off_the_event_loop() -> None:
     ("https://api.x.com", "https://user@evil.example/", False),
 ])
 def test_allowed_base_url_prefixes(prefix: str, url: str, allowed: bool) -> None:
-    from mcp_hub.upstreams.openapi.config import ConfigError
+    from mcp_hub.config.openapi import ConfigError
     from mcp_hub.upstreams.openapi.upstream import check_allowed
 
     if allowed:

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mcp_hub.auth.identity import Consumer
+from mcp_hub.config.policy import PolicyConfig
 from mcp_hub.policy.acl import CatalogFilter, Decision, decide
-from mcp_hub.policy.models import PolicyConfig
 
 POLICY = PolicyConfig.model_validate(yaml.safe_load("""
 default_acl: deny

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from mcp_hub.auth.identity import Consumer
-from mcp_hub.policy.budget import Budgets, LimitExceeded, StorageUnavailable
-from mcp_hub.policy.models import PolicyConfig
+from mcp_hub.config.policy import PolicyConfig
+from mcp_hub.metering.budgets import Budgets, LimitExceeded, StorageUnavailable
 from tests.support.processes import redis_server
 from tests.support.tools import ROOT, free_port
 
@@ -222,8 +222,8 @@ def test_cost_of() -> None:
 WORKER = r"""
 import asyncio, json, sys
 from mcp_hub.auth.identity import Consumer
-from mcp_hub.policy.budget import Budgets, LimitExceeded
-from mcp_hub.policy.models import PolicyConfig
+from mcp_hub.metering.budgets import Budgets, LimitExceeded
+from mcp_hub.config.policy import PolicyConfig
 
 async def main(url, name):
     b = Budgets(PolicyConfig.model_validate({"storage": url, "groups": {"team": {

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from mcp_hub.policy.models import PolicyConfig, describe_window, parse_window
+from mcp_hub.config.policy import PolicyConfig, describe_window, parse_window
 
 VERBATIM = """
 default_acl: deny          # allow | deny; global

@@ -42,7 +42,7 @@ def _load(path: str | None) -> GatewayConfig:
 
 def _configure_logging(verbose: bool) -> None:
     try:
-        from mcp_hub.observability import configure_logging
+        from mcp_hub.metering.observability import configure_logging
 
         configure_logging(level=logging.DEBUG if verbose else logging.INFO)
     except ImportError:
@@ -126,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     import uvicorn
 
-    from mcp_hub.app import build_app
+    from mcp_hub.transport.app import build_app
 
     app = build_app(gateway)
     where = f"http://{config.listen.host}:{config.listen.port}/mcp"
@@ -138,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _serve_stdio(gateway: Any) -> None:
     from mcp.server.stdio import stdio_server
 
-    from mcp_hub.gateway import ALL_ROUTE
+    from mcp_hub.core.hub import ALL_ROUTE
 
     async with anyio.create_task_group() as tg:
         await tg.start(gateway.run)
@@ -233,7 +233,7 @@ def _admin(args: argparse.Namespace) -> AdminClient:
 
 
 def _groups(args: argparse.Namespace) -> list[str]:
-    from mcp_hub.admin import split_groups
+    from mcp_hub.admin.api import split_groups
 
     return split_groups(*(args.group or []), args.groups)
 
@@ -318,7 +318,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
         params = {**_consumer_params(args), **({"route": route} if route else {})}
         catalog = _admin(args).request("GET", "catalog", params=params)
     else:
-        from mcp_hub.admin import catalog_for, consumer_for
+        from mcp_hub.admin.api import catalog_for, consumer_for
 
         def compute(gateway: Any) -> dict[str, Any]:
             return catalog_for(gateway, consumer_for(gateway, args.consumer, _groups(args)), route)
@@ -332,7 +332,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
 
 def _offline_admin(config_path: str | None, compute: Callable[[Any], T]) -> T:
-    from mcp_hub.admin import AdminError
+    from mcp_hub.admin.api import AdminError
 
     try:
         return run_offline(config_path, compute)
@@ -346,7 +346,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         params = {kind: args.name, **_consumer_params(args), **({"route": args.route} if args.route else {})}
         result = _admin(args).request("GET", "explain", params=params)
     else:
-        from mcp_hub.admin import consumer_for, explain_for
+        from mcp_hub.admin.api import consumer_for, explain_for
 
         def compute(gateway: Any) -> dict[str, Any]:
             return explain_for(gateway, consumer_for(gateway, args.consumer, _groups(args)), kind, args.name, args.route)

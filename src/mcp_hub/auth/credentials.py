@@ -16,10 +16,9 @@ credential headers from anything copied from the incoming request.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
-import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -30,7 +29,11 @@ from mcp.server.auth.provider import AccessToken
 from pydantic import TypeAdapter
 
 from mcp_hub.auth.authserver import AuthorizationServerMetadata, oauth_error, post_form
-from mcp_hub.auth.config import (
+from mcp_hub.auth.errors import AuthServerUnavailable, CredentialConfigError, UpstreamCredentialError
+from mcp_hub.auth.identity import Consumer
+from mcp_hub.auth.token_cache import TokenCache
+from mcp_hub.auth.verifier import ApiKeyAccessToken
+from mcp_hub.config.auth import (
     AuthConfig,
     ClientCredentialsConfig,
     ExchangeCredentialConfig,
@@ -38,9 +41,6 @@ from mcp_hub.auth.config import (
     PassthroughCredentialConfig,
     UpstreamCredentialConfig,
 )
-from mcp_hub.auth.errors import AuthServerUnavailable, CredentialConfigError, UpstreamCredentialError
-from mcp_hub.auth.identity import Consumer
-from mcp_hub.auth.verifier import ApiKeyAccessToken
 
 log = structlog.get_logger(__name__)
 
@@ -190,9 +190,14 @@ class _TokenEndpointClient:
         config: ExchangeCredentialConfig | ClientCredentialsConfig,
         auth: AuthConfig | None,
         http: httpx2.AsyncClient,
+        *,
+        timeout_s: float | None = None,
+        default_lifetime_s: float = 300.0,
     ) -> None:
         self.config = config
         self._http = http
+        self._timeout_s = timeout_s
+        self._default_lifetime_s = default_lifetime_s
         server = config.authorization_server or (
             auth.authorization_servers[0] if auth and auth.authorization_servers else None
         )
@@ -205,31 +210,49 @@ class _TokenEndpointClient:
         )
 
     async def request(self, form: dict[str, str], what: str) -> tuple[str, float]:
-        """The access token and its lifetime in seconds; raises `UpstreamCredentialError`."""
+        """The access token and its lifetime in seconds; raises `UpstreamCredentialError`.
+
+        Messages name the endpoint and the server's OAuth error, never the client secret.
+        """
+        endpoint = self.config.token_endpoint or "the token endpoint"
         try:
-            endpoint = self.config.token_endpoint or await self._metadata.endpoint("token_endpoint")  # type: ignore[union-attr]
-            status, body = await post_form(
-                self._http,
-                endpoint,
-                form,
-                client_id=self.config.client_id,
-                client_secret=self.config.client_secret.get_secret_value(),
-                auth_method=self.config.auth_method,
-                what=what,
-            )
+            with anyio.fail_after(self._timeout_s):
+                if self._metadata is not None:
+                    endpoint = await self._metadata.endpoint("token_endpoint")
+                status, body = await post_form(
+                    self._http,
+                    endpoint,
+                    form,
+                    client_id=self.config.client_id,
+                    client_secret=self.config.client_secret.get_secret_value(),
+                    auth_method=self.config.auth_method,
+                    what=what,
+                )
         except AuthServerUnavailable as exc:
             raise UpstreamCredentialError(exc.description) from None
+        except TimeoutError:
+            if self._timeout_s is None:
+                raise  # not our deadline
+            raise UpstreamCredentialError(
+                f"{what} failed: no answer from token endpoint {endpoint} within {self._timeout_s:g}s"
+            ) from None
         token = body.get("access_token")
-        if status != 200 or not isinstance(token, str):
-            raise UpstreamCredentialError(f"{what} refused: HTTP {status} ({oauth_error(body)})")
-        expires_in = body.get("expires_in")
-        return token, float(expires_in) if isinstance(expires_in, (int, float)) else 300.0
+        if status != 200 or not isinstance(token, str) or not token:
+            raise UpstreamCredentialError(
+                f"{what} refused by token endpoint {endpoint}: HTTP {status} ({oauth_error(body)[:300]})"
+            )
+        return token, self._lifetime(body.get("expires_in"))
 
-
-def _fresh_until(lifetime_s: float) -> float:
-    # Renew a little before expiry: 10% of the lifetime, between 5 and 60 seconds.
-    margin = min(60.0, max(5.0, lifetime_s * 0.1))
-    return time.monotonic() + max(0.0, lifetime_s - margin)
+    def _lifetime(self, expires_in: Any) -> float:
+        # RFC 6749 says a number; some servers send a numeric string. Anything else: the default.
+        if isinstance(expires_in, str):
+            try:
+                expires_in = float(expires_in)
+            except ValueError:
+                return self._default_lifetime_s
+        if isinstance(expires_in, (int, float)) and not isinstance(expires_in, bool) and math.isfinite(expires_in):
+            return float(expires_in)
+        return self._default_lifetime_s
 
 
 class ExchangedCredentials(UpstreamCredentials):
@@ -249,9 +272,7 @@ class ExchangedCredentials(UpstreamCredentials):
         self.header = config.header
         self.config = config
         self._client = _TokenEndpointClient(config, auth, http)
-        self._cache: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
-        self._locks: dict[tuple[str, str], anyio.Lock] = {}
-        self._cache_size = cache_size
+        self._tokens: TokenCache[tuple[str, str]] = TokenCache(cache_size)
         self.exchanges = 0  # how many exchanges were made (tests and metrics read it)
 
     @property
@@ -266,49 +287,24 @@ class ExchangedCredentials(UpstreamCredentials):
             raise UpstreamCredentialError(
                 "token exchange needs a caller authenticated with an OAuth access token"
             )
-        key = (consumer.name, hashlib.sha256(token.token.encode()).hexdigest())
-        value = self._cached(key)
-        if value is None:
-            lock = self._locks.setdefault(key, anyio.Lock())
-            async with lock:
-                value = self._cached(key)
-                if value is None:
-                    value = await self._exchange(key, token.token)
-            self._locks.pop(key, None)
+        subject = token.token
+        # The caller's token is keyed by its hash: the cache never holds it.
+        key = (consumer.name, hashlib.sha256(subject.encode()).hexdigest())
+        value = await self._tokens.get(key, lambda: self._exchange(consumer.name, subject))
         return {self.header: f"Bearer {value}"}
 
-    def _cached(self, key: tuple[str, str]) -> str | None:
-        entry = self._cache.get(key)
-        if entry is None:
-            return None
-        if entry[0] <= time.monotonic():
-            del self._cache[key]
-            return None
-        self._cache.move_to_end(key)
-        return entry[1]
-
-    async def _exchange(self, key: tuple[str, str], subject_token: str) -> str:
+    async def _exchange(self, consumer: str, subject_token: str) -> tuple[str, float]:
         form = {
             "grant_type": TOKEN_EXCHANGE_GRANT,
             "subject_token": subject_token,
             "subject_token_type": ACCESS_TOKEN_TYPE,
             "requested_token_type": ACCESS_TOKEN_TYPE,
+            **_target_params(self.config),
         }
-        if self.config.audience:
-            form["audience"] = self.config.audience
-        if self.config.resource:
-            form["resource"] = self.config.resource
-        if self.config.scopes:
-            form["scope"] = " ".join(self.config.scopes)
         value, lifetime = await self._client.request(form, "token exchange")
         self.exchanges += 1
-        log.debug(
-            "auth.token_exchanged", consumer=key[0], audience=self.config.audience or self.config.resource
-        )
-        self._cache[key] = (_fresh_until(lifetime), value)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return value
+        log.debug("auth.token_exchanged", consumer=consumer, audience=self.config.audience or self.config.resource)
+        return value, lifetime
 
 
 def _target_params(config: ExchangeCredentialConfig | ClientCredentialsConfig) -> dict[str, str]:
@@ -318,33 +314,58 @@ def _target_params(config: ExchangeCredentialConfig | ClientCredentialsConfig) -
 
 
 class ClientCredentialsGrant(UpstreamCredentials):
-    """The gateway's own token for the upstream (client credentials grant), cached until near expiry."""
+    """The gateway's own token for the upstream (client credentials grant), cached until near expiry.
+
+    `timeout_s` bounds one token request; `default_lifetime_s` is how long a token whose answer
+    gives no `expires_in` is kept (`math.inf`: until `invalidate`, e.g. when the upstream answers 401).
+    """
+
+    _KEY = "gateway"  # one token: the gateway's own, whoever calls
 
     def __init__(
-        self, config: ClientCredentialsConfig, *, auth: AuthConfig | None, http: httpx2.AsyncClient
+        self,
+        config: ClientCredentialsConfig,
+        *,
+        auth: AuthConfig | None,
+        http: httpx2.AsyncClient,
+        timeout_s: float | None = None,
+        default_lifetime_s: float = 300.0,
     ) -> None:
         self.header = config.header
         self.config = config
-        self._client = _TokenEndpointClient(config, auth, http)
-        self._token: tuple[float, str] | None = None
-        self._lock = anyio.Lock()
+        self._client = _TokenEndpointClient(
+            config, auth, http, timeout_s=timeout_s, default_lifetime_s=default_lifetime_s
+        )
+        self._tokens: TokenCache[str] = TokenCache(1)
         self.grants = 0  # how many tokens were requested (tests and metrics read it)
 
     @property
     def belongs_to_caller(self) -> bool:
         return False
 
+    async def token(self) -> str:
+        """The gateway's access token for the upstream: the cached one, or a new one from the grant."""
+        return await self._tokens.get(self._KEY, self._grant)
+
+    def invalidate(self) -> None:
+        """Forget the cached token (the upstream refused it): the next call requests a new one."""
+        self._tokens.invalidate(self._KEY)
+
+    def held_token(self) -> str | None:
+        """The token last obtained, fresh or not, if any (to scrub it from messages)."""
+        return self._tokens.peek(self._KEY)
+
     async def headers(
         self, consumer: Consumer, token: AccessToken | None, request_headers: Mapping[str, str]
     ) -> dict[str, str]:
         """`Authorization: Bearer <the gateway's token>`."""
-        async with self._lock:
-            if self._token is None or self._token[0] <= time.monotonic():
-                form = {"grant_type": "client_credentials", **_target_params(self.config)}
-                value, lifetime = await self._client.request(form, "client credentials grant")
-                self.grants += 1
-                self._token = (_fresh_until(lifetime), value)
-            return {self.header: f"Bearer {self._token[1]}"}
+        return {self.header: f"Bearer {await self.token()}"}
+
+    async def _grant(self) -> tuple[str, float]:
+        form = {"grant_type": "client_credentials", **_target_params(self.config)}
+        value, lifetime = await self._client.request(form, "client credentials grant")
+        self.grants += 1
+        return value, lifetime
 
 
 def parse_credential_config(data: UpstreamCredentialConfig | Mapping[str, Any]) -> UpstreamCredentialConfig:

@@ -26,10 +26,10 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_hub.auth.authserver import same_url
-from mcp_hub.auth.config import AuthConfig
 from mcp_hub.auth.errors import AuthError, InvalidToken
 from mcp_hub.auth.identity import Consumer, anonymous_consumer, consumer_from_access_token
 from mcp_hub.auth.verifier import ApiKeyAccessToken, ApiKeyVerifier, CheckingVerifier
+from mcp_hub.config.auth import AuthConfig
 
 log = structlog.get_logger(__name__)
 

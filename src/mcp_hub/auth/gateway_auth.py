@@ -18,11 +18,11 @@ from mcp.server.auth.provider import TokenVerifier
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from mcp_hub.auth.config import AuthConfig, UpstreamCredentialConfig
 from mcp_hub.auth.credentials import UpstreamCredentials, build_upstream_credentials
 from mcp_hub.auth.gate import AuthGate
 from mcp_hub.auth.metadata import gateway_resource_routes, resource_for_path, resource_metadata_url
 from mcp_hub.auth.verifier import build_verifier
+from mcp_hub.config.auth import AuthConfig, UpstreamCredentialConfig
 
 
 def _is_loopback(host: str) -> bool:

@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mcp_hub.auth.verifier import ApiKeyAccessToken
+from mcp_hub.config.auth import AuthConfig
+
 if TYPE_CHECKING:
     from mcp.server.auth.provider import AccessToken
-
-    from mcp_hub.auth.config import AuthConfig
 
 ANONYMOUS = "anonymous"
 
@@ -112,8 +113,6 @@ def consumer_from_access_token(token: AccessToken, config: AuthConfig) -> Consum
 
     API-key tokens map to their configured consumer and groups.
     """
-    from mcp_hub.auth.verifier import ApiKeyAccessToken  # late: verifier is heavier than this module
-
     if isinstance(token, ApiKeyAccessToken):
         return consumer_from_api_key(token.consumer, token.groups, config)
     claims = token.claims or {}

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from mcp.server.auth.routes import build_resource_metadata_url, create_protected_resource_routes
 from starlette.routing import Route
 
-from mcp_hub.auth.config import AuthConfig
+from mcp_hub.config.auth import AuthConfig
 
 
 def resource_metadata_url(resource: str) -> str:

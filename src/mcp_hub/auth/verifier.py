@@ -26,8 +26,8 @@ from mcp.server.auth.provider import AccessToken
 from pydantic import Field
 
 from mcp_hub.auth.authserver import AuthorizationServerMetadata, oauth_error, post_form, same_url
-from mcp_hub.auth.config import ApiKeyConfig, AuthConfig, IntrospectionConfig
 from mcp_hub.auth.errors import AuthError, AuthServerUnavailable, InvalidToken
+from mcp_hub.config.auth import ApiKeyConfig, AuthConfig, IntrospectionConfig
 
 log = structlog.get_logger(__name__)
 

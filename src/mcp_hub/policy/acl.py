@@ -10,7 +10,8 @@ How a decision is made for a consumer, a kind (tool | resource | prompt) and an 
 Groups the config does not define contribute nothing. The consumer's groups are read in sorted
 order, so the result (and the rule reported) does not depend on the order of its groups.
 Patterns are shell globs matched case-sensitively (`fnmatchcase`) against exposed names
-(`time__get_current_time`), exposed resource URIs and exposed prompt names.
+(`time__get_current_time`), exposed prompt names, and resources' own URIs (as their upstream serves
+them, whichever form addresses them; `catalog.view.CatalogView.resolve_uri` gives that name).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from mcp_hub.policy.models import Kind, PolicyConfig
+from mcp_hub.config.policy import Kind, PolicyConfig
 
 __all__ = ["Decision", "decide", "decide_for_groups", "CatalogFilter"]
 

@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from mcp_hub.config.policy import TOKEN_COUNTERS
+
 __all__ = [
     "TokenCounter",
     "CharEstimate",
@@ -79,6 +81,7 @@ _REGISTRY: dict[str, Callable[[], TokenCounter]] = {
 def register_counter(name: str, factory: Callable[[], TokenCounter]) -> None:
     """Make a counter selectable by `name` in the config."""
     _REGISTRY[name] = factory
+    TOKEN_COUNTERS.add(name)
 
 
 def counter_names() -> set[str]:

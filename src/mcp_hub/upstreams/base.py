@@ -13,6 +13,7 @@ import mcp_types as types
 from anyio.abc import TaskStatus
 
 from mcp_hub.auth.identity import Consumer, anonymous
+from mcp_hub.catalog.view import UpstreamCatalog
 
 
 class UpstreamState(enum.StrEnum):
@@ -26,17 +27,8 @@ class UpstreamUnavailable(Exception):
     """The upstream cannot serve the request now (down, reconnecting, timed out)."""
 
 
-@dataclass(slots=True)
-class UpstreamCatalog:
-    """What one upstream offers, under its own (original) names."""
-
-    tools: list[types.Tool] = field(default_factory=list)
-    resources: list[types.Resource] = field(default_factory=list)
-    resource_templates: list[types.ResourceTemplate] = field(default_factory=list)
-    prompts: list[types.Prompt] = field(default_factory=list)
-
-
-ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+# Sends one JSON-RPC notification (progress, log message) to the caller of a call.
+Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class DownstreamPeer(ABC):
@@ -45,10 +37,6 @@ class DownstreamPeer(ABC):
     @abstractmethod
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
         """Send a server-to-client request (sampling, elicitation, roots) and return the raw result."""
-
-    @abstractmethod
-    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
-        """Relay a log message to the caller."""
 
     @abstractmethod
     def supports(self, method: str) -> bool:
@@ -60,8 +48,11 @@ class CallContext:
     """What an upstream may use from the downstream request it serves."""
 
     consumer: Consumer = field(default_factory=anonymous)
-    progress: ProgressFn | None = None
+    # Who answers the upstream's questions during the call (None: nobody can).
     peer: DownstreamPeer | None = None
+    # Progress and log notifications for the caller (progress under `progress_token`, the caller's own).
+    notify: Notify | None = None
+    progress_token: Any = None
     # Extra request headers decided for this call (credentials, forwarded claims). HTTP upstreams only.
     headers: dict[str, str] = field(default_factory=dict)
     # The caller's own credential for the upstream, when the upstream passes it through.
@@ -72,6 +63,9 @@ class CallContext:
     # The caller's verified token and request headers, for credentials that belong to the caller.
     access_token: Any = None
     request_headers: dict[str, str] | None = None
+    # A retry of a call that answered `input_required`: the caller's answers and the upstream's state.
+    input_responses: dict[str, Any] | None = None
+    request_state: str | None = None
 
 
 class Upstream(ABC):
@@ -118,8 +112,16 @@ class Upstream(ABC):
     @abstractmethod
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None: ...
 
+    # Seconds a call may take; the relay of a 2026-07-28 caller waits as long.
+    call_timeout: float = 300.0
+    # Whether the upstream may put requests to the caller while it serves a call (a handshake-era session).
+    asks_mid_call: bool = False
+
     @abstractmethod
-    async def call_tool(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> types.CallToolResult: ...
+    async def call(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
+        """One `tools/call` round: the upstream's CallToolResult, or its InputRequiredResult (with
+        `resultType: input_required`), as JSON. UpstreamUnavailable when it cannot answer, MCPError for
+        its JSON-RPC errors."""
 
     async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult:
         raise UpstreamUnavailable(f"upstream {self.name!r} serves no resources")

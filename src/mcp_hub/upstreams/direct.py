@@ -34,6 +34,7 @@ from mcp.shared.inbound import (
 )
 
 from mcp_hub import __version__
+from mcp_hub.upstreams.base import Notify
 from mcp_hub.upstreams.wire import Pool, Response, WireError
 
 MCP_SESSION_HEADER = "mcp-session-id"
@@ -42,7 +43,6 @@ MCP_SESSION_HEADER = "mcp-session-id"
 class SessionGone(Exception):
     """A handshake-era upstream no longer knows the session the gateway holds (it restarted, or expired it)."""
 
-Notify = Callable[[dict[str, Any]], Awaitable[None]]
 # Answers a request the upstream sends mid-call: {"result": ...} or {"error": {...}}.
 OnRequest = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 HeaderSource = Callable[[], Awaitable[dict[str, str]]]

@@ -23,7 +23,6 @@ import anyio
 import httpx2
 import mcp_types as types
 from anyio.abc import TaskStatus
-from mcp.client._probe import negotiate_auto
 from mcp.client.session import ClientRequestContext, ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -46,7 +45,7 @@ from mcp_types import (
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from mcp_hub import __version__
+from mcp_hub import __version__, sdk_internals
 from mcp_hub.config import SseUpstreamConfig, StdioUpstreamConfig, StreamableHttpUpstreamConfig
 from mcp_hub.upstreams.base import (
     CallContext,
@@ -56,7 +55,7 @@ from mcp_hub.upstreams.base import (
     UpstreamState,
     UpstreamUnavailable,
 )
-from mcp_hub.upstreams.direct import DirectChannel, Notify, SessionGone
+from mcp_hub.upstreams.direct import DirectChannel, SessionGone
 from mcp_hub.upstreams.wire import Pool, WireError
 
 logger = logging.getLogger(__name__)
@@ -201,7 +200,7 @@ class McpUpstream(Upstream):
                     if self.config.protocol == "legacy":
                         await session.initialize()
                     elif self.config.protocol == "auto":
-                        await negotiate_auto(session)
+                        await sdk_internals.negotiate_auto(session)
                     else:
                         session.adopt(
                             types.DiscoverResult(
@@ -234,19 +233,21 @@ class McpUpstream(Upstream):
         """The lean call path, when this connection can take it: Streamable HTTP through a client of our own
         (no proxy in between), either era."""
         version = session.protocol_version
-        build = getattr(session, "_build_capabilities", None)
         cfg = self.config
         if (
             not isinstance(cfg, StreamableHttpUpstreamConfig) or self._http_client is not None or version is None
-            or build is None or not Pool.usable(cfg.url)
+            or not Pool.usable(cfg.url)
         ):
             return None
         envelope = None
         if version in MODERN_PROTOCOL_VERSIONS:
+            capabilities = sdk_internals.client_capabilities(session, version)
+            if capabilities is None:
+                return None
             envelope = {
                 PROTOCOL_VERSION_META_KEY: version,
                 CLIENT_INFO_META_KEY: CLIENT_INFO.model_dump(by_alias=True, mode="json", exclude_none=True),
-                CLIENT_CAPABILITIES_META_KEY: build(version).model_dump(by_alias=True, mode="json", exclude_none=True),
+                CLIENT_CAPABILITIES_META_KEY: capabilities.model_dump(by_alias=True, mode="json", exclude_none=True),
             }
         pool = Pool(cfg.url, keepalive_expiry=UPSTREAM_LIMITS.keepalive_expiry or 2.0,
                     max_idle=UPSTREAM_LIMITS.max_keepalive_connections or 64,
@@ -438,89 +439,54 @@ class McpUpstream(Upstream):
 
     # -- requests -------------------------------------------------------------------------------
 
-    async def call_tool(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> types.CallToolResult:
-        meta = self._request_meta(ctx)
+    @property
+    def call_timeout(self) -> float:  # type: ignore[override]
+        return self.config.call_timeout
 
-        async def send(session: ClientSession) -> types.CallToolResult:
+    @property
+    def asks_mid_call(self) -> bool:  # type: ignore[override]
+        # A handshake-era session carries the server's requests while a call runs; 2026-07-28 has none.
+        return self.protocol_version is None or self.protocol_version not in MODERN_PROTOCOL_VERSIONS
+
+    async def call(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
+        """One tools/call round: on the direct HTTP channel when this connection has one, else on the SDK
+        session. The upstream's requests during the call go to `ctx.peer`; its progress (under the caller's
+        token) and log messages to `ctx.notify`."""
+        if self.direct is not None and self.state == UpstreamState.UP:
+            return await self._call_direct(self.direct, name, arguments, ctx)
+        meta = self._request_meta(ctx)
+        progress = _progress_to(ctx) if ctx.progress_token is not None else None
+
+        async def send(session: ClientSession) -> dict[str, Any]:
             result = await session.call_tool(
-                name, arguments, progress_callback=ctx.progress, allow_input_required=True, allow_claimed=True,
-                meta=meta,
+                name, arguments, progress_callback=progress, input_responses=ctx.input_responses,
+                request_state=ctx.request_state, allow_input_required=True, allow_claimed=True, meta=meta,
             )
-            for _ in range(8):
-                if not isinstance(result, types.InputRequiredResult):
-                    break
-                responses = await self._fulfil(result, ctx)
-                result = await session.call_tool(
-                    name,
-                    arguments,
-                    progress_callback=ctx.progress,
-                    input_responses=responses,
-                    request_state=result.request_state,
-                    allow_input_required=True,
-                    allow_claimed=True,
-                    meta=meta,
-                )
-            if not isinstance(result, types.CallToolResult):
-                raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} kept asking for input")
-            return result
+            return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
         return await self._request(ctx, f"tools/call {name}", send)
 
-    async def call_tool_direct(
-        self, name: str, arguments: dict[str, Any] | None, ctx: CallContext, *,
-        progress_token: Any = None, notify: Notify | None = None, ask_caller: bool = True,
-        resume: dict[str, Any] | None = None,
+    async def _call_direct(
+        self, channel: DirectChannel, name: str, arguments: dict[str, Any] | None, ctx: CallContext
     ) -> dict[str, Any]:
-        """`call_tool` on the direct path: the upstream's result as the JSON it sent.
-
-        Notifications the upstream streams for the call (progress under the caller's own token, log
-        messages at the caller's level) go to `notify` as they come. An `input_required` answer is put
-        to `ctx.peer` and the call goes on with its answers; with `ask_caller` False it is returned
-        as it came instead, for the caller's side to relay, and `resume` (that answer) takes the call
-        up again from there. Failures are the same as `call_tool`'s: UpstreamUnavailable when the
-        upstream is gone or too slow, MCPError for its JSON-RPC errors.
-        """
-        channel = self.direct
-        if channel is None or self.state != UpstreamState.UP:
-            self._require_session()
-            raise UpstreamUnavailable(f"upstream {self.name!r} has no direct call path")
         meta = dict(channel.envelope)
         if ctx.log_level and channel.modern:
             meta[LOG_LEVEL_META_KEY] = ctx.log_level
-        if progress_token is not None:
-            meta["progressToken"] = progress_token
+        if ctx.progress_token is not None:
+            meta["progressToken"] = ctx.progress_token
+        extra: dict[str, Any] | None = None
+        if ctx.input_responses is not None:
+            extra = {"inputResponses": ctx.input_responses}
+            if ctx.request_state is not None:
+                extra["requestState"] = ctx.request_state
         timeout = ctx.timeout or self.config.call_timeout
         what = f"tools/call {name}"
-        answer_for_caller = functools.partial(self._answer_for, ctx)
         try:
             with anyio.fail_after(timeout):
-                extra: dict[str, Any] | None = None
-                answered = {"result": resume} if resume is not None else None
-                for _ in range(9):
-                    message = answered or await channel.call(
-                        name, arguments, meta, notify, headers=ctx.headers, extra_params=extra,
-                        on_request=answer_for_caller,
-                    )
-                    answered = None
-                    error = message.get("error")
-                    if error is not None:
-                        raise MCPError(
-                            code=error.get("code", types.INTERNAL_ERROR), message=str(error.get("message", "")),
-                            data=error.get("data"),
-                        )
-                    result = message.get("result")
-                    if not isinstance(result, dict):
-                        raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} sent no result")
-                    if result.get("resultType") != "input_required":
-                        channel.check_output(name, result)
-                        return result
-                    if not ask_caller:
-                        return result
-                    asked = types.InputRequiredResult.model_validate(result, by_name=False)
-                    extra = {"inputResponses": await self._fulfil(asked, ctx)}
-                    if asked.request_state is not None:
-                        extra["requestState"] = asked.request_state
-                raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} kept asking for input")
+                message = await channel.call(
+                    name, arguments, meta, ctx.notify, headers=ctx.headers, extra_params=extra,
+                    on_request=functools.partial(self._answer_for, ctx),
+                )
         except TimeoutError:
             raise UpstreamUnavailable(f"upstream {self.name!r} did not answer {what} within {timeout:g}s") from None
         except SessionGone as exc:
@@ -528,9 +494,19 @@ class McpUpstream(Upstream):
             raise UpstreamUnavailable(f"upstream {self.name!r} failed during {what}: {exc}") from None
         except WireError as exc:
             self._kick.set()
-            if exc.closed:  # worded as the SDK path words it
+            if exc.closed:  # worded as the session path words it
                 raise UpstreamUnavailable(f"upstream {self.name!r} closed the connection during {what}") from None
             raise UpstreamUnavailable(f"upstream {self.name!r} failed during {what}: {exc}") from None
+        error = message.get("error")
+        if error is not None:
+            raise MCPError(code=error.get("code", types.INTERNAL_ERROR), message=str(error.get("message", "")),
+                           data=error.get("data"))
+        result = message.get("result")
+        if not isinstance(result, dict):
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} sent no result")
+        if result.get("resultType") != "input_required":
+            channel.check_output(name, result)
+        return result
 
     async def _answer_for(self, ctx: CallContext, message: dict[str, Any]) -> dict[str, Any]:
         """A handshake-era upstream's request mid-call on the direct path, put to the call's own caller."""
@@ -635,22 +611,15 @@ class McpUpstream(Upstream):
         return types.ListRootsResult.model_validate(raw, by_name=False)
 
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
-        candidates = [f for f in self._inflight.values() if f.ctx.peer is not None]
+        # A session's log message cannot name its call: it goes to the newest call's caller when one consumer
+        # has calls in flight.
+        candidates = [f for f in self._inflight.values() if f.ctx.notify is not None]
         if len({f.ctx.consumer.name for f in candidates}) == 1:
-            peer = max(candidates, key=lambda f: f.seq).ctx.peer
-            assert peer is not None
+            notify = max(candidates, key=lambda f: f.seq).ctx.notify
+            assert notify is not None
             with contextlib.suppress(Exception):
-                await peer.log(params)
-
-    async def _fulfil(self, result: types.InputRequiredResult, ctx: CallContext) -> dict[str, Any]:
-        """Answer a 2026-07-28 upstream's input requests through the downstream caller."""
-        responses: dict[str, Any] = {}
-        for key, request in (result.input_requests or {}).items():
-            if ctx.peer is None or not ctx.peer.supports(request.method):
-                raise MCPError(code=types.INVALID_REQUEST, message=f"{request.method}: the caller cannot answer it")
-            params = request.params.model_dump(by_alias=True, mode="json", exclude_none=True) if request.params else None
-            responses[key] = await ctx.peer.request(request.method, params)
-        return responses
+                await notify({"method": "notifications/message",
+                              "params": params.model_dump(by_alias=True, mode="json", exclude_none=True)})
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, Exception):
@@ -664,6 +633,23 @@ class McpUpstream(Upstream):
         for listener in self._notification_listeners:
             with contextlib.suppress(Exception):
                 await listener(self, message)
+
+
+def _progress_to(ctx: CallContext) -> Callable[[float, float | None, str | None], Awaitable[None]]:
+    """The SDK client's progress callback, as notifications under the caller's own progress token."""
+
+    async def progress(value: float, total: float | None, message: str | None) -> None:
+        if ctx.notify is None:
+            return
+        params: dict[str, Any] = {"progressToken": ctx.progress_token, "progress": value}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        with contextlib.suppress(Exception):
+            await ctx.notify({"method": "notifications/progress", "params": params})
+
+    return progress
 
 
 def _describe(exc: BaseException) -> str:

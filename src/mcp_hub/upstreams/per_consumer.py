@@ -176,8 +176,17 @@ class PerConsumerUpstream(Upstream):
             session.in_use -= 1
             session.last_used = time.monotonic()
 
-    async def call_tool(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> types.CallToolResult:
-        return await self._with_session(ctx, lambda up: up.call_tool(name, arguments, ctx))
+    @property
+    def call_timeout(self) -> float:  # type: ignore[override]
+        return self.config.call_timeout
+
+    @property
+    def asks_mid_call(self) -> bool:  # type: ignore[override]
+        sessions = [s.upstream for s in self._sessions.values()]
+        return not sessions or any(s.asks_mid_call for s in sessions)
+
+    async def call(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
+        return await self._with_session(ctx, lambda up: up.call(name, arguments, ctx))
 
     async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult:
         return await self._with_session(ctx, lambda up: up.read_resource(uri, ctx))

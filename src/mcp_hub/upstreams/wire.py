@@ -3,11 +3,12 @@
 The general-purpose client (httpx2) spends more CPU per request than the rest of a relayed call
 together, and writes a request's head and body in two system calls. The direct path only ever
 POSTs a small JSON body to a known upstream URL and reads a JSON or SSE answer, so this client does
-just that: `http` and `https` (with httpx2's TLS defaults), Content-Length and chunked bodies,
-keep-alive connections dropped after `keepalive_expiry` seconds idle, and one retry on a fresh
-connection when a reused one turns out to have been closed by the server before it answered
-anything (the keep-alive race). Redirects, proxies and HTTP/2 are not spoken; an upstream that needs
-them is served through the SDK client instead (`Pool.usable`).
+just that: `http` and `https` (with httpx2's TLS defaults), answers parsed by httptools (llhttp):
+Content-Length, chunked and read-to-close bodies, handed on as they arrive; keep-alive connections
+dropped after `keepalive_expiry` seconds idle, and one retry on a fresh connection when a reused
+one turns out to have been closed by the server before it answered anything (the keep-alive race).
+Redirects, proxies and HTTP/2 are not spoken; an upstream that needs them is served through the
+SDK client instead (`Pool.usable`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httptools
 import httpx2
 
 _MAX_HEAD = 64 * 1024
+_READ = 64 * 1024
+# What llhttp raises on bytes it will not take (an upgrade is not spoken here either).
+_PARSE_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
 
 
 class WireError(Exception):
@@ -42,46 +47,104 @@ class _Conn:
     reused: bool = False
 
 
-class Response:
-    """An answer being read: status, headers, then the body (whole, or chunk by chunk)."""
+class _Answer:
+    """One answer as httptools parses it: its callbacks fill the head, and the body pieces wait here
+    until the reader takes them."""
 
-    def __init__(self, pool: Pool, conn: _Conn, status: int, headers: dict[str, str], keep: bool) -> None:
+    __slots__ = ("parser", "status", "headers", "body", "head_done", "head_size", "done", "keep", "to_eof", "extra",
+                 "broken")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.head_done = False
+        self.head_size = 0
+        self.done = False
+        self.keep = False
+        self.to_eof = False
+        self.extra = False
+        self.broken: Exception | None = None
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except _PARSE_ERRORS:
+            if not self.done:
+                raise
+            self.extra = True  # garbage past the answer's end: the answer stands, the connection is dropped
+
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True  # a second answer nobody asked for: the connection's state is unknown
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            return  # a trailer after a chunked body: callers read only the head's headers
+        self.head_size += len(name) + len(value) + 4
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1").strip()
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            return  # the head of that unasked-for second answer
+        parser = self.parser
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self.headers = {}  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+            return
+        self.status = status
+        self.head_done = True
+        # HTTP/1.0 peers are not reused even when they offer keep-alive (as httpx2 does not).
+        self.keep = parser.should_keep_alive() and parser.get_http_version() == "1.1"
+        self.to_eof = ("content-length" not in self.headers
+                       and "chunked" not in self.headers.get("transfer-encoding", "").lower())
+
+    def on_body(self, data: bytes) -> None:
+        if not self.done:
+            self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.done = True
+
+
+class Response:
+    """An answer being read: status, headers, then the body (whole, or chunk by chunk as it arrives)."""
+
+    def __init__(self, pool: Pool, conn: _Conn, answer: _Answer) -> None:
         self._pool = pool
         self._conn: _Conn | None = conn
-        self.status = status
-        self.headers = headers
-        self._keep = keep
-        self._chunked = "chunked" in headers.get("transfer-encoding", "").lower()
-        length = headers.get("content-length")
-        self._length = int(length) if length is not None and length.isdigit() else None
-        if not self._chunked and self._length is None:
-            self._keep = False  # the body runs to the end of the connection
+        self._answer = answer
+        self.status = answer.status
+        self.headers = answer.headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
         assert conn is not None
-        reader = conn.reader
+        answer = self._answer
         try:
-            if self._chunked:
-                while True:
-                    line = await reader.readuntil(b"\r\n")
-                    size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                    if size == 0:
-                        while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
-                            pass
-                        break
-                    data = await reader.readexactly(size + 2)
-                    yield data[:-2]
-            elif self._length is not None:
-                if self._length:
-                    yield await reader.readexactly(self._length)
-            else:
-                while data := await reader.read(65536):
-                    yield data
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError) as exc:
-            self._keep = False
-            closed = isinstance(exc, asyncio.IncompleteReadError | ConnectionError)
-            raise WireError(f"the upstream's answer broke off: {exc}", closed=closed) from None
+            while True:
+                if answer.body:
+                    pieces, answer.body = answer.body, []
+                    yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                    continue
+                if answer.done:
+                    break
+                if answer.broken is not None:
+                    raise answer.broken
+                data = await conn.reader.read(_READ)
+                if not data:
+                    if answer.to_eof:
+                        break  # the body ran to the end of the connection, which is spent (`done` stays False)
+                    raise WireError("the upstream's answer broke off: the connection closed", closed=True)
+                answer.feed(data)
+        except (OSError, *_PARSE_ERRORS) as exc:
+            closed = isinstance(exc, ConnectionError)
+            raise WireError(f"the upstream's answer broke off: {exc or type(exc).__name__}",
+                            closed=closed) from None
         self.release()
 
     async def read(self) -> bytes:
@@ -91,11 +154,12 @@ class Response:
         """Done with the answer: the connection goes back to the pool when it was read to its end."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._pool._give_back(conn, self._keep)
+            answer = self._answer
+            self._pool._give_back(conn, answer.keep and answer.done and not answer.extra)
 
     def close(self) -> None:
         """Abandon the answer (cancelled, or not read to the end): the connection is closed."""
-        self._keep = False
+        self._answer.keep = False
         self.release()
 
 
@@ -150,21 +214,23 @@ class Pool:
             conn = await self._connection(fresh=attempt > 0)
             try:
                 conn.writer.write(request)
-                status, response_headers, keep = await self._head(conn.reader)
+                answer = await self._head(conn.reader)
             except _ClosedEarly:
                 conn.writer.close()
                 if conn.reused and attempt == 0:
                     continue  # the server had closed the idle connection: the request never reached it
                 raise WireError("the upstream closed the connection without answering", closed=True) from None
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            except _PARSE_ERRORS as exc:
                 conn.writer.close()
-                closed = isinstance(exc, asyncio.IncompleteReadError | ConnectionError)
+                raise WireError(f"the upstream's answer is malformed: {exc or type(exc).__name__}") from None
+            except OSError as exc:
+                conn.writer.close()
                 raise WireError(f"the exchange with the upstream failed: {exc or type(exc).__name__}",
-                                closed=closed) from None
+                                closed=isinstance(exc, ConnectionError)) from None
             except BaseException:
                 conn.writer.close()
                 raise
-            return Response(self, conn, status, response_headers, keep)
+            return Response(self, conn, answer)
         raise WireError("the upstream closed the connection without answering")  # pragma: no cover
 
     async def _connection(self, *, fresh: bool) -> _Conn:
@@ -189,26 +255,27 @@ class Pool:
         return _Conn(reader, writer)
 
     @staticmethod
-    async def _head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bool]:
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                raise _ClosedEarly from None
-            raise
-        lines = raw.decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        status = int(rest[:3])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if not line:
-                continue
-            name, _, value = line.partition(":")
-            key = name.strip().lower()
-            value = value.strip()
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
-        keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
-        return status, headers, keep
+    async def _head(reader: asyncio.StreamReader) -> _Answer:
+        """Read until the answer's head is parsed; body bytes that came with it wait in the answer."""
+        answer = _Answer()
+        seen = 0
+        while not answer.head_done:
+            data = await reader.read(_READ)
+            if not data:
+                if not seen:
+                    raise _ClosedEarly
+                raise WireError("the upstream closed the connection in the middle of its answer's head",
+                                closed=True)
+            seen += len(data)
+            try:
+                answer.feed(data)
+            except _PARSE_ERRORS as exc:
+                if not answer.head_done:
+                    raise
+                answer.broken = exc  # the head stands: the body's fault is reported when the body is read
+            if answer.head_size > _MAX_HEAD or (seen > _MAX_HEAD and not answer.head_done):
+                raise WireError(f"the upstream's answer has a head over {_MAX_HEAD} bytes")
+        return answer
 
     def _give_back(self, conn: _Conn, keep: bool) -> None:
         self._slots.release()

@@ -4,7 +4,7 @@ The gateway needs `OpenAPIUpstreamConfig` (one `openapi:` config entry), `OpenAP
 upstream) and `inspect_document` (tools and skipped operations of a document, for the CLI).
 """
 
-from mcp_hub.upstreams.openapi.config import ConfigError, OpenAPIUpstreamConfig, OperationSelector
+from mcp_hub.config.openapi import ConfigError, OpenAPIUpstreamConfig, OperationSelector
 from mcp_hub.upstreams.openapi.convert import (
     ConvertedDocument,
     OperationBinding,

@@ -18,7 +18,7 @@ from urllib.parse import urljoin
 import mcp_types as types
 from openapi_pydantic.v3.v3_1 import Server
 
-from mcp_hub.upstreams.openapi.config import OperationSelector
+from mcp_hub.config.openapi import OperationSelector
 from mcp_hub.upstreams.openapi.refs import DocumentError, RefResolver
 from mcp_hub.upstreams.openapi.schema import SchemaTranslator, contains_ref, make_nullable_free
 from mcp_hub.upstreams.openapi.swagger2 import upgrade_swagger2

@@ -8,20 +8,23 @@ them so error messages can be scrubbed.
 from __future__ import annotations
 
 import base64
-import time
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus, urljoin
+from urllib.parse import quote, urljoin
 
-import anyio
 import httpx2
 from openapi_pydantic.v3.v3_1 import SecurityScheme
 from pydantic import SecretStr
 
-from mcp_hub.upstreams.openapi.config import (
+from mcp_hub.auth.authserver import ClientAuthMethod
+from mcp_hub.auth.credentials import ClientCredentialsGrant
+from mcp_hub.auth.errors import UpstreamCredentialError
+from mcp_hub.config.auth import ClientCredentialsConfig
+from mcp_hub.config.openapi import (
     ApiKeyAuth,
     BasicAuth,
     BearerAuth,
@@ -31,12 +34,8 @@ from mcp_hub.upstreams.openapi.config import (
 )
 from mcp_hub.upstreams.openapi.request import RequestSpec
 
-# Refresh a cached token this many seconds before it expires (at most half its lifetime).
-TOKEN_LEEWAY = 30.0
-
-
-class CredentialError(Exception):
-    """The credential could not be obtained (e.g. the token endpoint refused); never holds a secret."""
+# One error for every upstream credential that cannot be obtained (its message never holds a secret).
+CredentialError = UpstreamCredentialError
 
 
 class Credential(ABC):
@@ -95,11 +94,11 @@ class StaticHeaderCredential(Credential):
 
 
 class OAuth2ClientCredentials(Credential):
-    """OAuth 2.0 client credentials grant with a cached access token.
+    """OAuth 2.0 client credentials grant: the auth package's `ClientCredentialsGrant`, applied to requests.
 
-    The token is fetched on first use, reused until `TOKEN_LEEWAY` seconds before `expires_in`
-    runs out (or until the upstream answers 401 when the server gives no lifetime), and fetched
-    again by one caller at a time.
+    The token is fetched on first use by one caller at a time, and reused until shortly before
+    `expires_in` runs out (without `expires_in`: until the upstream answers 401, see `invalidate`).
+    Token requests go through `http`, the upstream's client, each bounded by `timeout` seconds.
     """
 
     def __init__(
@@ -108,93 +107,37 @@ class OAuth2ClientCredentials(Credential):
         client_id: str,
         client_secret: SecretStr,
         *,
+        http: httpx2.AsyncClient,
         scopes: Iterable[str] = (),
         audience: str | None = None,
-        auth_method: str = "client_secret_basic",
+        auth_method: ClientAuthMethod = "client_secret_basic",
         timeout: float = 30.0,
     ) -> None:
         self.token_url = token_url
-        self.client_id = client_id
         self._secret = client_secret
-        self.scopes = tuple(scopes)
-        self.audience = audience
-        self.auth_method = auth_method
-        self.timeout = timeout
-        self._token: SecretStr | None = None
-        self._expires_at = 0.0
-        self._lock = anyio.Lock()
-        self.fetches = 0  # how many tokens were fetched (observability, tests)
+        config = ClientCredentialsConfig(
+            mode="client_credentials", token_endpoint=token_url, client_id=client_id, client_secret=client_secret,
+            scopes=list(scopes), audience=audience, auth_method=auth_method,
+        )
+        self._grant = ClientCredentialsGrant(
+            config, auth=None, http=http, timeout_s=timeout, default_lifetime_s=math.inf
+        )
 
-    def _valid(self) -> bool:
-        return self._token is not None and time.monotonic() < self._expires_at
-
-    async def token(self, client: httpx2.AsyncClient) -> SecretStr:
-        """A valid access token, from the cache or the token endpoint."""
-        if self._valid():
-            assert self._token is not None
-            return self._token
-        async with self._lock:
-            if not self._valid():  # another caller may have refreshed it while we waited
-                await self._fetch(client)
-            assert self._token is not None
-            return self._token
-
-    async def _fetch(self, client: httpx2.AsyncClient) -> None:
-        data = {"grant_type": "client_credentials"}
-        if self.scopes:
-            data["scope"] = " ".join(self.scopes)
-        if self.audience:
-            data["audience"] = self.audience
-        headers = {"Accept": "application/json"}
-        secret = self._secret.get_secret_value()
-        if self.auth_method == "client_secret_post":
-            data["client_id"] = self.client_id
-            data["client_secret"] = secret
-        else:
-            # RFC 6749 section 2.3.1: form-encode id and secret before Basic encoding.
-            pair = f"{quote_plus(self.client_id)}:{quote_plus(secret)}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-        try:
-            with anyio.fail_after(self.timeout):
-                response = await client.post(self.token_url, data=data, headers=headers, follow_redirects=False)
-        except TimeoutError:
-            raise CredentialError(f"token endpoint {self.token_url} timed out after {self.timeout:g}s") from None
-        except httpx2.HTTPError as exc:
-            raise CredentialError(f"token endpoint {self.token_url} unreachable ({type(exc).__name__})") from None
-        payload: Any
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if response.status_code != 200 or not isinstance(payload, dict) or not payload.get("access_token"):
-            error = ""
-            if isinstance(payload, dict) and isinstance(payload.get("error"), str):
-                error = f": {payload['error']}"
-                if isinstance(payload.get("error_description"), str):
-                    error += f" ({payload['error_description'][:200]})"
-            raise CredentialError(f"token endpoint {self.token_url} answered HTTP {response.status_code}{error}")
-        self._token = SecretStr(str(payload["access_token"]))
-        self.fetches += 1
-        lifetime = payload.get("expires_in")
-        try:
-            seconds = float(lifetime)
-        except (TypeError, ValueError):
-            seconds = float("inf")  # no lifetime given: keep it until the upstream answers 401
-        self._expires_at = time.monotonic() + seconds - min(TOKEN_LEEWAY, seconds / 2)
+    @property
+    def fetches(self) -> int:
+        """How many tokens were fetched (observability, tests)."""
+        return self._grant.grants
 
     async def apply(self, spec: RequestSpec, client: httpx2.AsyncClient) -> None:
-        token = await self.token(client)
-        spec.headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+        """`Authorization: Bearer <token>`; raises `CredentialError` when no token can be had."""
+        spec.headers["Authorization"] = f"Bearer {await self._grant.token()}"
 
     def invalidate(self) -> None:
-        self._token = None
-        self._expires_at = 0.0
+        self._grant.invalidate()
 
     def secrets(self) -> tuple[str, ...]:
-        out = [self._secret.get_secret_value()]
-        if self._token is not None:
-            out.append(self._token.get_secret_value())
-        return tuple(out)
+        token = self._grant.held_token()
+        return (self._secret.get_secret_value(), *((token,) if token else ()))
 
 
 # -- matching the config to the document -------------------------------------------------------
@@ -242,8 +185,12 @@ def build_credential(
     base_url: str | None,
     base_dir: Path | None = None,
     timeout: float = 30.0,
+    http: httpx2.AsyncClient | None = None,
 ) -> Credential | None:
-    """The credential for `auth`, completed from the document's security schemes; raises `ConfigError`."""
+    """The credential for `auth`, completed from the document's security schemes; raises `ConfigError`.
+
+    `http` is the upstream's client, which OAuth2 token requests go through (required for them).
+    """
     if auth is None:
         return None
     schemes = _schemes(security_schemes)
@@ -276,8 +223,10 @@ def build_credential(
         raise ConfigError("auth.token_url: not given, and the document has no oauth2 clientCredentials flow")
     if not token_url.startswith(("http://", "https://")):
         raise ConfigError(f"auth.token_url: {token_url!r} is not an http(s) URL")
+    if http is None:
+        raise ValueError("oauth2_client_credentials needs the upstream's HTTP client")
     return OAuth2ClientCredentials(
-        token_url, auth.client_id, auth.secret(base_dir), scopes=auth.scopes, audience=auth.audience,
+        token_url, auth.client_id, auth.secret(base_dir), http=http, scopes=auth.scopes, audience=auth.audience,
         auth_method=auth.token_auth_method, timeout=timeout,
     )
 

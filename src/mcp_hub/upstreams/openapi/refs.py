@@ -19,6 +19,8 @@ from urllib.request import url2pathname
 
 import yaml
 
+from mcp_hub.upstreams.openapi.http import shared_ssl_context
+
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 
 
@@ -99,8 +101,6 @@ def read_file_uri(uri: str) -> bytes:
 def fetch_url_sync(url: str, timeout: float = 30.0, *, follow_redirects: bool = True) -> bytes:
     """GET a document over HTTP(S) (used for `$ref`s to remote files and for `inspect_document`)."""
     import httpx2
-
-    from mcp_hub.upstreams.openapi.http import shared_ssl_context
 
     try:
         response = httpx2.get(url, timeout=timeout, follow_redirects=follow_redirects, verify=shared_ssl_context())

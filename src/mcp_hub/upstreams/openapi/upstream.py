@@ -10,13 +10,12 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx2
-import jsonschema
 import mcp_types as types
 from anyio.abc import TaskStatus
-from jsonschema.protocols import Validator
 
+from mcp_hub.catalog.schemas import first_error
+from mcp_hub.config.openapi import ConfigError, OpenAPIUpstreamConfig
 from mcp_hub.upstreams.base import CallContext, Upstream, UpstreamCatalog, UpstreamState, UpstreamUnavailable
-from mcp_hub.upstreams.openapi.config import ConfigError, OpenAPIUpstreamConfig
 from mcp_hub.upstreams.openapi.convert import (
     ConvertedDocument,
     OperationBinding,
@@ -45,7 +44,7 @@ def _error(text: str) -> types.CallToolResult:
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True)
 
 
-def _prefix_allows(prefix: str, url: str) -> bool:
+def prefix_allows(prefix: str, url: str) -> bool:
     """Whether `url` lies under `prefix` (same scheme, host and port; path at a segment boundary)."""
     p, u = urlsplit(prefix), urlsplit(url)
 
@@ -63,7 +62,7 @@ def check_allowed(url: str, allowed: list[str] | None, what: str) -> None:
     """Refuse `url` unless it is under one of the `allowed` prefixes (no list: everything allowed)."""
     if allowed is None:
         return
-    if not any(_prefix_allows(prefix, url) for prefix in allowed):
+    if not any(prefix_allows(prefix, url) for prefix in allowed):
         raise ConfigError(f"{what} {url!r} is not under any allowed base URL")
 
 
@@ -134,7 +133,6 @@ class OpenAPIUpstream(Upstream):
         self.base_url: str | None = None
         self._bindings: dict[str, OperationBinding] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
-        self._validators: dict[str, Validator] = {}
         self._credential: Credential | None = None
         self._client: httpx2.AsyncClient | None = None
 
@@ -201,7 +199,7 @@ class OpenAPIUpstream(Upstream):
             if binding.server_url and binding.server_url.startswith(("http://", "https://")):
                 check_allowed(binding.server_url, self.allowed_base_urls, f"server of {binding.tool_name}")
         credential = build_credential(self.config.auth, converted.security_schemes, base_url=base_url,
-                                      base_dir=self.base_dir, timeout=self.config.timeout)
+                                      base_dir=self.base_dir, timeout=self.config.timeout, http=client)
         token_url = getattr(credential, "token_url", None)
         if token_url and not getattr(self.config.auth, "token_url", None):
             check_allowed(token_url, self.allowed_base_urls, "token URL from the document")
@@ -211,7 +209,6 @@ class OpenAPIUpstream(Upstream):
         self._credential = credential
         self._bindings = converted.bindings
         self._schemas = {tool.name: tool.input_schema for tool in converted.tools}
-        self._validators = {}
         self._set_catalog(UpstreamCatalog(tools=list(converted.tools)))
 
     async def _fetch(self, client: httpx2.AsyncClient, url: str) -> bytes:
@@ -255,15 +252,16 @@ class OpenAPIUpstream(Upstream):
         return self._bindings.get(name)
 
     def _validate(self, name: str, arguments: dict[str, Any]) -> str | None:
-        validator = self._validators.get(name)
-        if validator is None:
-            validator = jsonschema.Draft202012Validator(self._schemas[name])
-            self._validators[name] = validator
-        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
-        if error is None:
-            return None
-        where = "/".join(str(p) for p in error.absolute_path)
-        return f"invalid arguments for {name}{f' at {where}' if where else ''}: {error.message}"
+        problem = first_error(self._schemas[name], arguments)
+        return f"invalid arguments for {name}: {problem}" if problem is not None else None
+
+    @property
+    def call_timeout(self) -> float:  # type: ignore[override]
+        return self.config.timeout
+
+    async def call(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
+        result = await self.call_tool(name, arguments, ctx)
+        return result.model_dump(by_alias=True, mode="json", exclude_none=True)
 
     async def call_tool(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> types.CallToolResult:
         """Make the HTTP request for tool `name` and turn the response into a tool result."""

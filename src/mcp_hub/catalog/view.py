@@ -12,13 +12,22 @@ from urllib.parse import quote, unquote
 import mcp_types as types
 from mcp.shared.uri_template import UriTemplate
 
-from mcp_hub.upstreams.base import UpstreamCatalog
-
 TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_NAME = 64
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
 # Resource URIs served by two upstreams of one route are exposed under this scheme instead.
 HUB_URI_SCHEME = "mcphub"
+
+
+@dataclass(slots=True)
+class UpstreamCatalog:
+    """What one upstream offers, under its own (original) names."""
+
+    tools: list[types.Tool] = field(default_factory=list)
+    resources: list[types.Resource] = field(default_factory=list)
+    resource_templates: list[types.ResourceTemplate] = field(default_factory=list)
+    prompts: list[types.Prompt] = field(default_factory=list)
+
 
 
 def sanitize_name(name: str, max_len: int = MAX_NAME) -> str:
@@ -51,6 +60,20 @@ class Source:
     original: str
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request addresses, resolved: the name the ACL decides on, and where it is served.
+
+    `acl_kind` is tool, prompt or resource (templates are decided as resources).
+    """
+
+    acl_kind: str
+    name: str
+    upstream: str
+    original: str
+    item: Any = None
+
+
 @dataclass(slots=True)
 class CatalogView:
     """What one route (virtual server) exposes, built from its upstreams' catalogs.
@@ -72,6 +95,8 @@ class CatalogView:
     resource_list: list[types.Resource] = field(default_factory=list)
     template_list: list[types.ResourceTemplate] = field(default_factory=list)
     upstream_of_uri_cache: dict[str, str] = field(default_factory=dict)
+    # The upstreams this route exposes.
+    upstream_names: frozenset[str] = frozenset()
 
     def tool(self, name: str) -> tuple[types.Tool, Source] | None:
         return self.tools.get(name)
@@ -80,25 +105,67 @@ class CatalogView:
         entry = self.tools.get(name)
         return entry[0].input_schema if entry else None
 
-    def resolve_uri(self, uri: str) -> Source | None:
-        """The upstream that serves a resource URI: listed resources first, then templates."""
+    # -- the one resolver: what a request addresses -> (upstream, original identity) ----------------
+
+    def resolve_tool(self, name: str) -> Target | None:
+        entry = self.tools.get(name)
+        return Target("tool", name, entry[1].upstream, entry[1].original, entry[0]) if entry else None
+
+    def resolve_prompt(self, name: str) -> Target | None:
+        entry = self.prompts.get(name)
+        return Target("prompt", name, entry[1].upstream, entry[1].original, entry[0]) if entry else None
+
+    def resolve_uri(self, uri: str) -> Target | None:
+        """The resource a URI addresses on this route: a listed resource, an `mcphub://<upstream>/<uri>` of
+        an upstream this route exposes (for a URI that upstream lists or one of its templates matches),
+        or a URI exactly one of the route's templates matches. Anything else is not found.
+
+        The ACL decides on the resource's own URI (as its upstream serves it), whatever form addressed it,
+        so a rule on `note://*` holds for `mcphub://<upstream>/note%3A...` too."""
         entry = self.resources.get(uri)
         if entry is not None:
-            return entry[1]
+            return Target("resource", entry[1].original, entry[1].upstream, entry[1].original, entry[0])
         if uri.startswith(f"{HUB_URI_SCHEME}://"):
-            rest = uri[len(HUB_URI_SCHEME) + 3 :]
-            upstream, _, original = rest.partition("/")
-            return Source(upstream, unquote(original))
+            upstream, _, quoted = uri[len(HUB_URI_SCHEME) + 3 :].partition("/")
+            original = unquote(quoted)
+            if upstream not in self.upstream_names:
+                return None
+            listed = any(s.upstream == upstream and s.original == original for _, s in self.resources.values())
+            if not listed and upstream not in self._template_owners(original):
+                return None
+            return Target("resource", original, upstream, original, None)
         cached = self.upstream_of_uri_cache.get(uri)
         if cached is not None:
-            return Source(cached, uri)
-        matches = {up for _, tpl, up in self.templates if tpl is not None and tpl.match(uri) is not None}
-        if len(matches) == 1:
-            upstream = matches.pop()
-            if len(self.upstream_of_uri_cache) < 10_000:
-                self.upstream_of_uri_cache[uri] = upstream
-            return Source(upstream, uri)
+            return Target("resource", uri, cached, uri, None)
+        owners = self._template_owners(uri)
+        if len(owners) != 1:
+            return None
+        upstream = owners.pop()
+        if len(self.upstream_of_uri_cache) < 10_000:
+            self.upstream_of_uri_cache[uri] = upstream
+        return Target("resource", uri, upstream, uri, None)
+
+    def resolve_template(self, uri_template: str) -> Target | None:
+        """A resource template by its URI template (what completion's `ref/resource` names)."""
+        for template, _, upstream in self.templates:
+            if template.uri_template == uri_template:
+                return Target("resource", uri_template, upstream, uri_template, template)
         return None
+
+    def _template_owners(self, uri: str) -> set[str]:
+        return {up for _, tpl, up in self.templates if tpl is not None and tpl.match(uri) is not None}
+
+    def target_of(self, kind: str, item: Any) -> Target | None:
+        """The target of a listed item (a listing asks the same decision as a request for the item)."""
+        if kind == "tool":
+            return self.resolve_tool(item.name)
+        if kind == "prompt":
+            return self.resolve_prompt(item.name)
+        if kind == "resource":
+            entry = self.resources.get(str(item.uri))
+            return Target("resource", entry[1].original, entry[1].upstream, entry[1].original, item) if entry else None
+        template, _, upstream = item  # kind "template": an entry of `templates`
+        return Target("resource", template.uri_template, upstream, template.uri_template, template)
 
 
 def _copy_named(item: Any, name: str) -> Any:
@@ -140,7 +207,7 @@ def build_view(
     Collisions are recorded with both sources named; the entry seen first (upstreams in config
     order) stays, so a running route never changes meaning under its clients.
     """
-    view = CatalogView(version=version)
+    view = CatalogView(version=version, upstream_names=frozenset(name for name, _, _ in catalogs))
     for upstream, prefix, catalog in catalogs:
         _add_named(view, view.tools, "tool", catalog.tools, upstream, prefix, separator)
         _add_named(view, view.prompts, "prompt", catalog.prompts, upstream, prefix, separator)

@@ -24,121 +24,30 @@ import hmac
 import ipaddress
 import json
 import logging
-import re
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.types import Receive, Scope, Send
 
+from mcp_hub.admin.registry import OpenAPIRegistry, Registration, RegistryError
 from mcp_hub.auth.identity import Consumer
-from mcp_hub.config import ConfigError, format_validation_error
-
-if TYPE_CHECKING:
-    from mcp_hub.gateway import Gateway
-    from mcp_hub.registry import OpenAPIRegistry
+from mcp_hub.config import AdminConfig, ConfigError, OpenAPIUpstreamConfig, format_validation_error
+from mcp_hub.core.hub import ALL_ROUTE, CONSUMER_SCOPE_KEY, Gateway
+from mcp_hub.core.reload import reload_checked
+from mcp_hub.policy.limits import limits_for
 
 logger = logging.getLogger(__name__)
 
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_RESERVED_PATHS = ("/", "/mcp", "/healthz", "/metrics")
 ADMIN_SCOPE_KEY = "mcp_hub.admin"
 KINDS = ("tool", "prompt", "resource")
-
-
-class _Model(BaseModel):
-    # hide_input_in_errors: a mistyped digest or Redis URL must not be echoed in the error.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-
-class AdminKey(_Model):
-    """One admin key: a name for the audit log and the SHA-256 of the key (never the key)."""
-
-    name: str = Field(min_length=1, description="who holds the key (shown in logs, never the key)")
-    sha256: str = Field(description="SHA-256 hex digest of the key; `mcp-hub keys new --admin NAME` prints it")
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex(cls, value: str) -> str:
-        value = value.strip().lower()
-        if not _SHA256_HEX.match(value):
-            raise ValueError("must be the 64 hex digits of a SHA-256 digest (see `mcp-hub keys new --admin NAME`)")
-        return value
-
-
-def _http_prefixes(values: list[str]) -> list[str]:
-    for value in values:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http:// or https:// URL prefix")
-        if parts.username or parts.password:
-            raise ValueError(f"{parts.scheme}://{parts.hostname}...: a URL prefix must not carry credentials")
-    return values
-
-
-class AdminConfig(_Model):
-    """The `admin:` section: where the admin API lives, who may use it, and what it may register."""
-
-    path: str = Field(default="/admin", pattern=r"^/[A-Za-z0-9/_.-]+$",
-                      description="URL path the admin API is served under")
-    keys: list[AdminKey] = Field(default_factory=list, description="admin keys (name and SHA-256 digest)")
-    groups: list[str] = Field(
-        default_factory=list,
-        description="consumers the gateway's auth puts in one of these groups are admins too",
-    )
-    allowed_base_urls: list[str] = Field(
-        default_factory=list,
-        description="URL prefixes a runtime OpenAPI registration may call; empty: registration is off. "
-        "Loopback and link-local hosts are refused unless a prefix names them literally",
-    )
-    allowed_spec_urls: list[str] | None = Field(
-        default=None, description="URL prefixes a registration's document may be fetched from; "
-        "default: allowed_base_urls"
-    )
-    spec_dirs: list[str] = Field(
-        default_factory=list,
-        description="folders on the gateway host a registration may name a document in (relative to the "
-        "config file); default: none, so only URLs and inline documents",
-    )
-    registry: str | None = Field(
-        default=None,
-        description="where registrations persist: a file path (relative to the config file), memory:// or "
-        "redis://host:port/db; default: <config name>.registrations.json beside the config file",
-    )
-
-    @property
-    def enabled(self) -> bool:
-        """Whether the admin API is served (some way to authenticate an admin is configured)."""
-        return bool(self.keys or self.groups)
-
-    @field_validator("path")
-    @classmethod
-    def _not_reserved(cls, value: str) -> str:
-        value = value.rstrip("/") or "/"
-        if value in _RESERVED_PATHS:
-            raise ValueError(f"{value} is used by the gateway itself")
-        return value
-
-    @field_validator("allowed_base_urls")
-    @classmethod
-    def _base_urls(cls, value: list[str]) -> list[str]:
-        return _http_prefixes(value)
-
-    @field_validator("allowed_spec_urls")
-    @classmethod
-    def _spec_urls(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else _http_prefixes(value)
-
-    def spec_url_prefixes(self) -> list[str]:
-        """Where documents may be fetched from."""
-        return self.allowed_base_urls if self.allowed_spec_urls is None else self.allowed_spec_urls
 
 
 class AdminError(Exception):
@@ -165,9 +74,7 @@ def consumer_for(gateway: Gateway, name: str | None, groups: list[str]) -> Consu
         return gateway.default_consumer
     static: list[str] = []
     if name is not None:
-        from mcp_hub.auth.config import AuthConfig
-
-        static = list(AuthConfig.model_validate(gateway.config.auth).static_groups.get(name, ()))
+        static = list(gateway.config.auth.static_groups.get(name, ()))
     merged = tuple(dict.fromkeys([*groups, *static]))
     return Consumer(name=name or "anonymous", groups=merged)
 
@@ -220,32 +127,6 @@ def catalog_for(gateway: Gateway, consumer: Consumer, route: str | None = None) 
     return out
 
 
-def _limits_for(gateway: Gateway, consumer: Consumer, tool: str, upstream: str | None) -> list[str]:
-    """Budgets and rate limits that would count a call of `tool` by `consumer`, as `key: description`."""
-    policy = getattr(gateway.pipeline, "policy", None)
-    if policy is None:
-        return []
-    out: list[str] = []
-
-    def add(where: str, rules: list[Any]) -> None:
-        for i, rule in enumerate(rules):
-            if rule.applies_to(tool, upstream):
-                out.append(f"{where}[{i}]: {rule.describe()}")
-
-    for group in consumer.group_key:
-        rules = policy.groups.get(group)
-        if rules is not None:
-            add(f"groups.{group}.budgets", rules.budgets)
-            add(f"groups.{group}.rate_limits", rules.rate_limits)
-    own = policy.consumers.get(consumer.name)
-    if own is not None:
-        add(f"consumers.{consumer.name}.budgets", own.budgets)
-        add(f"consumers.{consumer.name}.rate_limits", own.rate_limits)
-    add("budgets", policy.budgets)
-    add("rate_limits", policy.rate_limits)
-    return out
-
-
 def explain_for(gateway: Gateway, consumer: Consumer, kind: str, name: str, route: str | None = None) -> dict[str, Any]:
     """Whether `consumer` may see and use the tool (prompt, resource) `name` on `route`, why, and which
     limits would count its calls. A name that does not exist is reported as such, with close matches."""
@@ -257,29 +138,26 @@ def explain_for(gateway: Gateway, consumer: Consumer, kind: str, name: str, rout
         raise AdminError(404, "unknown_route", f"no route {path!r}; routes: {', '.join(gateway.routes)}")
     view = found.view
     entries = {"tool": view.tools, "prompt": view.prompts, "resource": view.resources}[kind]
-    entry = entries.get(name)
+    resolve = {"tool": view.resolve_tool, "prompt": view.resolve_prompt, "resource": view.resolve_uri}[kind]
+    target = resolve(name)
     out: dict[str, Any] = {
         "kind": kind, "name": name, "route": path,
         "consumer": {"name": consumer.name, "groups": list(consumer.groups)},
-        "exists": entry is not None,
+        "exists": target is not None,
     }
-    if entry is None:
+    if target is None:
         similar = difflib.get_close_matches(name, list(entries), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(similar)}?" if similar else ""
         out.update(allowed=False, upstream=None, rule=None,
                    reason=f"no {kind} named {name!r} on {path} ({len(entries)} {kind}s there){hint}",
                    similar=similar)
         return out
-    upstream = entry[1].upstream
-    explain = getattr(gateway.pipeline, "explain", None)
-    if explain is not None:
-        decision = explain(consumer, kind, name, upstream)
-    else:
-        allowed, rule = gateway.pipeline.decide(consumer, kind, name, upstream)
-        decision = {"allowed": allowed, "reason": rule, "rule": rule}
-    out.update(upstream=upstream, original=entry[1].original, **decision)
+    # The same decision the request service takes for a request of this target.
+    decision = gateway.access.decide(consumer, target.acl_kind, target.name, target.upstream)
+    out.update(upstream=target.upstream, original=target.original, allowed=decision.allowed,
+               reason=decision.reason, rule=decision.rule)
     if kind == "tool":
-        out["limits"] = _limits_for(gateway, consumer, name, upstream)
+        out["limits"] = limits_for(gateway.config.policy, consumer, name, target.upstream)
     return out
 
 
@@ -399,15 +277,13 @@ class AdminAPI:
             Route("/reload", self.reload, methods=["POST"]),
         ])
         auth = getattr(gateway, "auth", None)
-        from mcp_hub.gateway import ALL_ROUTE
-
         # The gateway's own auth gate authenticates non-key callers; a 401 there points at /mcp's metadata.
         self._gate = auth.protect(self._group_check, ALL_ROUTE) if auth is not None else None
 
     @property
     def config(self) -> AdminConfig:
         """The admin section of the gateway's current config (keys and groups follow a reload)."""
-        return AdminConfig.model_validate(self.gateway.config.admin)
+        return self.gateway.config.admin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -433,8 +309,6 @@ class AdminAPI:
         await self._refuse(scope, receive, send, 401, "unauthorized", "admin API: unknown admin key")
 
     async def _group_check(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from mcp_hub.gateway import CONSUMER_SCOPE_KEY
-
         consumer = scope.get(CONSUMER_SCOPE_KEY)
         admin_groups = set(self.config.groups)
         if not isinstance(consumer, Consumer) or not admin_groups & set(consumer.groups):
@@ -512,8 +386,6 @@ class AdminAPI:
         return JSONResponse(result, status_code=201)
 
     async def _register(self, body: dict[str, Any]) -> dict[str, Any]:
-        from mcp_hub.registry import Registration, RegistryError
-
         gateway, config = self.gateway, self.config
         registry = registry_of(gateway)
         if registry is None:
@@ -525,8 +397,6 @@ class AdminAPI:
         body = {k: v for k, v in body.items() if k != "created_at"}
         try:
             registration = Registration.model_validate(body)
-            from mcp_hub.upstreams.openapi import OpenAPIUpstreamConfig
-
             OpenAPIUpstreamConfig.model_validate(registration.upstream_config("document.json"))
         except ValidationError as exc:
             raise _validation_error(exc) from None
@@ -579,8 +449,6 @@ class AdminAPI:
             self.gateway.remove_upstream(name)
 
     async def remove_openapi(self, request: Request) -> Response:
-        from mcp_hub.registry import RegistryError
-
         name = request.path_params["name"]
         registry = registry_of(self.gateway)
         async with self._lock:
@@ -598,9 +466,6 @@ class AdminAPI:
         return JSONResponse({"removed": name})
 
     async def reload(self, request: Request) -> Response:
-        from mcp_hub.registry import RegistryError
-        from mcp_hub.runtime import reload_checked
-
         path = self.gateway.config_path
         if not path:
             return AdminError(409, "no_config_file", "this gateway was started without a config file").response()
@@ -618,7 +483,7 @@ class AdminAPI:
 
 def admin_routes(gateway: Gateway) -> list[BaseRoute]:
     """The admin API's routes (none when `admin:` configures no keys and no groups)."""
-    config = AdminConfig.model_validate(gateway.config.admin)
+    config = gateway.config.admin
     if not config.enabled:
         return []
     if config.groups and getattr(gateway, "auth", None) is None and not config.keys:

@@ -100,6 +100,10 @@ Window = Annotated[int, BeforeValidator(parse_window)]
 Globs = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
 
 
+# The names `token_counter:` accepts; policy.tokens adds to it when a counter is registered.
+TOKEN_COUNTERS: set[str] = {"estimate", "bytes"}
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -289,10 +293,8 @@ class PolicyConfig(_Model):
     @field_validator("token_counter")
     @classmethod
     def _counter(cls, value: str) -> str:
-        from mcp_hub.policy.tokens import counter_names
-
-        if value not in counter_names():
-            raise ValueError(f"token_counter {value!r} is unknown; known: {', '.join(sorted(counter_names()))}")
+        if value not in TOKEN_COUNTERS:
+            raise ValueError(f"token_counter {value!r} is unknown; known: {', '.join(sorted(TOKEN_COUNTERS))}")
         return value
 
     @field_validator("costs")

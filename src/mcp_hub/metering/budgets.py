@@ -21,6 +21,9 @@ any hit that would cross it), which would drop the overshoot. Token counters the
 item whose amount is a large capacity (`_CAPACITY`), so every charge is recorded in full, and
 the budget's own limit is compared with the usage read back from the storage.
 
+`on_remaining(snapshots)` (optional) hears what is left of each token budget a call counts
+against, after its admission and after its charge (e.g. `Metrics.set_budget_remaining`).
+
 Counters are keyed by the rule's path (`groups.developer.budgets[0]`), its strategy and window,
 and the subject (group or consumer name), so replicas with the same config share them; changing
 a rule's limit keeps its usage, reordering rules starts counters afresh.
@@ -48,7 +51,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from mcp_hub.auth.identity import Consumer
-from mcp_hub.policy.models import BudgetRule, CostRule, PolicyConfig, RateLimitRule, Scope
+from mcp_hub.config.policy import BudgetRule, CostRule, PolicyConfig, RateLimitRule, Scope
 
 __all__ = ["Budgets", "BudgetSnapshot", "LimitExceeded", "StorageUnavailable"]
 
@@ -158,10 +161,12 @@ class Budgets:
         *,
         storage: Storage | None = None,
         on_storage_error: Callable[[str], None] | None = None,
+        on_remaining: Callable[[list[BudgetSnapshot]], None] | None = None,
     ) -> None:
         """Build counters for every rule. `storage` overrides the config's (tests, a shared one).
 
         `on_storage_error(operation)` is called whenever the storage fails (e.g. a metric).
+        `on_remaining(snapshots)` gets the token budgets of a call after its admit and its charge.
         """
         self.policy = policy
         if storage is None:
@@ -172,6 +177,7 @@ class Budgets:
             storage = storage_from_string(policy.limits_storage_uri, wrap_exceptions=True, **options)
         self.storage: Storage = storage
         self._on_storage_error = on_storage_error
+        self._on_remaining = on_remaining
         self._in_memory = isinstance(storage, MemoryStorage)
         self._limiters: dict[str, RateLimiter] = {}
         self._groups: dict[str, list[_Counter]] = {}
@@ -259,10 +265,15 @@ class Budgets:
             return
         try:
             with self._deadline():
+                left: list[BudgetSnapshot] = []
                 for counter, subject in tokens:
                     used, reset_at = await self._usage(counter, subject)
+                    if self._on_remaining is not None:
+                        left.append(_snapshot(counter, subject, used, reset_at))
                     if used >= counter.limit:
+                        self._report(left)
                         raise self._exceeded(counter, subject, used, reset_at)
+                self._report(left)
                 for counter, subject in requests:
                     if not await counter.limiter.hit(counter.item, *counter.key(subject)):
                         stats = await counter.limiter.get_window_stats(counter.item, *counter.key(subject))
@@ -287,10 +298,16 @@ class Budgets:
             return
         try:
             with self._deadline():
+                left: list[BudgetSnapshot] = []
                 for counter, subject in tokens:
                     amount = min(counter.amount(max(input_tokens, 0), max(output_tokens, 0)), _CAPACITY)
                     if amount > 0:
                         await counter.limiter.hit(counter.item, *counter.key(subject), cost=amount)
+                        if self._on_remaining is not None:
+                            # Read back: other calls (and replicas sharing Redis) charge the same counter.
+                            used, reset_at = await self._usage(counter, subject)
+                            left.append(_snapshot(counter, subject, used, reset_at))
+                self._report(left)
         except (StorageError, OSError, TimeoutError) as exc:
             self._storage_failed("charge", exc)
 
@@ -327,10 +344,7 @@ class Budgets:
                         continue
                     subject = counter.subject(consumer)
                     used, reset_at = await self._usage(counter, subject)
-                    snapshots.append(BudgetSnapshot(
-                        counter.rule_id, counter.description, counter.scope, subject, counter.limit, used,
-                        max(counter.limit - used, 0), _seconds_until(reset_at),
-                    ))
+                    snapshots.append(_snapshot(counter, subject, used, reset_at))
         except (StorageError, OSError, TimeoutError) as exc:
             self._storage_failed("remaining", exc)
             return []
@@ -354,6 +368,15 @@ class Budgets:
         """(tokens used in the current window, when the window frees up as a timestamp)."""
         stats = await counter.limiter.get_window_stats(counter.item, *counter.key(subject))
         return _CAPACITY - stats.remaining, stats.reset_time
+
+    def _report(self, snapshots: list[BudgetSnapshot]) -> None:
+        """Hand snapshots to `on_remaining`; a failing callback must not refuse or break a call."""
+        if not snapshots or self._on_remaining is None:
+            return
+        try:
+            self._on_remaining(snapshots)
+        except Exception as exc:  # noqa: BLE001 - metrics are best effort, the call is not
+            _log.warning("budget remaining callback failed", error=repr(exc))
 
     def _exceeded(self, counter: _Counter, subject: str, used: int, reset_at: float) -> LimitExceeded:
         after = _seconds_until(reset_at)
@@ -397,6 +420,13 @@ class Budgets:
             )
             self._last_error_log = now
             self._errors_since_log = 0
+
+
+def _snapshot(counter: _Counter, subject: str, used: int, reset_at: float) -> BudgetSnapshot:
+    return BudgetSnapshot(
+        counter.rule_id, counter.description, counter.scope, subject, counter.limit, used,
+        max(counter.limit - used, 0), _seconds_until(reset_at),
+    )
 
 
 def _seconds_until(timestamp: float) -> float:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,13 +20,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_hub import sdk_internals
+from mcp_hub.admin.api import admin_routes
 from mcp_hub.auth.identity import Consumer, anonymous
 from mcp_hub.auth.metadata import resource_for_path, resource_metadata_url, upstream_resource_routes
 from mcp_hub.config import GatewayConfig
-from mcp_hub.fastpath import DirectCalls
-from mcp_hub.gateway import CONSUMER_SCOPE_KEY, Gateway
+from mcp_hub.core.hub import CONSUMER_SCOPE_KEY, Gateway
+from mcp_hub.core.reload import watch_config
+from mcp_hub.transport.direct import DirectCalls
+from mcp_hub.upstreams.base import UpstreamState
 
 LOOPBACK_NAMES = ("localhost",)
+
+logger = logging.getLogger(__name__)
 
 
 def is_loopback(host: str) -> bool:
@@ -103,7 +111,7 @@ class UpstreamTokenChallenge:
 
 def _route_resource(gateway: Gateway, path: str) -> str:
     """The resource URL of a route: on the origin of auth.resource, else of the listen address."""
-    resource = (gateway.config.auth or {}).get("resource")
+    resource = gateway.config.auth.resource
     if resource:
         return resource_for_path(resource, path)
     listen = gateway.config.listen
@@ -130,6 +138,9 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
     managers: list[StreamableHTTPSessionManager] = []
     routes: list[BaseRoute] = []
     protect = _auth_wrapper(gateway)
+    direct_on = config.listen.direct_calls and _direct_entry_usable(gateway)
+    if not config.listen.direct_calls:
+        gateway.direct_stats.off = "listen.direct_calls is false"
     upstream_as = {spec.path: spec.authorization_servers for spec in config.servers if spec.authorization_servers}
     for route in gateway.routes.values():
         assert route.server is not None
@@ -142,7 +153,7 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
         )
         managers.append(manager)
         endpoint: ASGIApp = StreamableHTTPASGIApp(manager)
-        if config.listen.direct_calls:
+        if direct_on:
             endpoint = DirectCalls(endpoint, gateway, route.path, manager, json_response=config.listen.json_response,
                                    max_body=config.listen.max_request_body, stats=gateway.direct_stats)
         endpoint = protect(endpoint, route.path)
@@ -158,20 +169,18 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
         return JSONResponse(gateway.health())
 
     routes.append(Route("/healthz", healthz, methods=["GET"]))
-    metrics = getattr(gateway.pipeline, "metrics", None)
+    metrics = gateway.meter.metrics
     if metrics is not None:
+        # Read at scrape time: upstreams and sessions come and go without anyone touching the gauges.
+        metrics.watch_upstreams(lambda: {name: up.state == UpstreamState.UP for name, up in gateway.upstreams.items()})
+        metrics.watch_sessions(functools.partial(open_sessions, managers, _sse_transports(routes)))
 
         async def metrics_endpoint(request: Request) -> Response:
             body, content_type = metrics.render()
             return Response(body, media_type=content_type)
 
         routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
-    try:
-        from mcp_hub.admin import admin_routes
-
-        routes.extend(admin_routes(gateway))
-    except ImportError:  # the admin API module is optional
-        pass
+    routes.extend(admin_routes(gateway))
     routes.extend(extra_routes or [])
 
     @contextlib.asynccontextmanager
@@ -179,8 +188,6 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
         async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as stack:
             await tg.start(gateway.run)
             if gateway.config_path:
-                from mcp_hub.runtime import watch_config
-
                 tg.start_soon(watch_config, gateway, gateway.config_path)
             for manager in managers:
                 await stack.enter_async_context(manager.run())
@@ -191,6 +198,46 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
 
     middleware = [Middleware(HostGuard, security=security)] if security is not None else []
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+
+
+def open_sessions(managers: list[StreamableHTTPSessionManager], sse: list[SseServerTransport]) -> int:
+    """Open downstream MCP sessions: live Streamable HTTP sessions plus legacy SSE streams (stdio has none)."""
+    # Both SDK classes keep their sessions in private dicts, so read them defensively.
+    count = 0
+    for manager in managers:
+        transports = getattr(manager, "_server_instances", None) or {}
+        count += sum(1 for t in list(transports.values()) if not getattr(t, "is_terminated", False))
+    for transport in sse:
+        count += len(getattr(transport, "_read_stream_writers", None) or {})
+    return count
+
+
+def _sse_transports(routes: list[BaseRoute]) -> list[SseServerTransport]:
+    """The SSE transports behind the routes: their POST endpoints are bound methods under auth wrappers."""
+    found: list[SseServerTransport] = []
+    for route in routes:
+        app: Any = getattr(route, "endpoint", None)
+        for _ in range(8):  # a few wrapper layers at most; each keeps the wrapped app in `.app`
+            owner = getattr(app, "__self__", None)
+            if isinstance(owner, SseServerTransport):
+                if all(owner is not seen for seen in found):
+                    found.append(owner)
+                break
+            app = getattr(app, "app", None)
+            if app is None:
+                break
+    return found
+
+
+def _direct_entry_usable(gateway: Gateway) -> bool:
+    """Whether the installed SDK has what the direct HTTP entry needs; if not, say so in the log and /healthz."""
+    missing = sdk_internals.direct_entry_missing()
+    if missing:
+        gateway.direct_stats.off = f"the installed mcp SDK lacks {', '.join(missing)}"
+        logger.warning("direct HTTP entry off, every call goes through the SDK's transport: %s",
+                       gateway.direct_stats.off)
+        return False
+    return True
 
 
 def _sse_routes(

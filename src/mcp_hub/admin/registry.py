@@ -26,13 +26,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mcp_hub.config import NAME_PATTERN
+from mcp_hub.core.reload import ConfigSourceError
 from mcp_hub.upstreams.base import Upstream
+from mcp_hub.upstreams.openapi import DocumentError, OpenAPIUpstream, OpenAPIUpstreamConfig
+from mcp_hub.upstreams.openapi.upstream import prefix_allows
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "redis+unix://")
 DEFAULT_REDIS_KEY = "mcp-hub:openapi-registrations"
 
 
-class RegistryError(Exception):
+class RegistryError(ConfigSourceError):
     """A registration store that cannot be read or written (the message never holds a password)."""
 
 
@@ -320,8 +325,6 @@ class OpenAPIRegistry:
 
     def build(self, registration: Registration) -> Upstream:
         """An (unstarted) upstream for one registration."""
-        from mcp_hub.upstreams.openapi import OpenAPIUpstream, OpenAPIUpstreamConfig
-
         spec = str(self._document_path(registration)) if registration.document is not None else registration.spec
         assert spec is not None
         config = OpenAPIUpstreamConfig.model_validate(registration.upstream_config(spec))
@@ -343,12 +346,6 @@ class OpenAPIRegistry:
     def ref_guard(self, uri: str) -> None:
         """Refuse a document a registered document refers to unless it is under an allowed URL prefix
         or in an allowed folder: a registration must not make the gateway read internal URLs or files."""
-        from urllib.parse import urlsplit
-        from urllib.request import url2pathname
-
-        from mcp_hub.upstreams.openapi import DocumentError
-        from mcp_hub.upstreams.openapi.upstream import _prefix_allows
-
         if uri.startswith("file:"):
             path = Path(url2pathname(urlsplit(uri).path)).resolve()
             if self._spec_dir is not None and path.is_relative_to(self._spec_dir.resolve()):
@@ -356,7 +353,7 @@ class OpenAPIRegistry:
             if any(path.is_relative_to(d) for d in self.spec_dirs):
                 return
             raise DocumentError(f"{path.name}: a $ref to a file on the gateway host outside admin.spec_dirs is refused")
-        if uri.startswith(("http://", "https://")) and any(_prefix_allows(p, uri) for p in self.allowed_spec_urls):
+        if uri.startswith(("http://", "https://")) and any(prefix_allows(p, uri) for p in self.allowed_spec_urls):
             return
         raise DocumentError(f"{uri}: a $ref outside admin.allowed_spec_urls is refused")
 

@@ -1,34 +1,29 @@
-"""The direct path for `tools/call`: the gateway's hot path without the SDK in between.
+"""The direct HTTP entry for `tools/call`: the framing of the hot path, without the SDK's server session.
 
-Relaying a call through the SDK's server session and then its client session costs the gateway
-about four times the CPU of doing it directly. For a tool of an MCP upstream over Streamable HTTP
-this wrapper answers the `tools/call` POST itself: it reads the JSON-RPC request, runs it through
-the same policy pipeline (ACL, argument check, budgets, charging, audit, metrics), sends it upstream
-as one HTTP exchange (`upstreams/direct.py`) and writes the answer in the format the SDK transport
-would. Everything else, and any request it is not sure about, goes to the SDK's Streamable HTTP
-transport unchanged, which also answers all malformed input.
+The SDK's Streamable HTTP transport and server session cost a relayed call more CPU than the
+gateway's own work. This ASGI wrapper of a route's endpoint reads a `tools/call` POST itself,
+describes the request and its caller, hands it to the one call path (`core/calls.py`, which the
+SDK's entry calls too), and writes the answer as the SDK's transport would. Everything else, and
+any request it is not sure about, goes to the SDK's transport unchanged, which also answers all
+malformed input.
 
 Callers: handshake-era sessions (the session must be one the SDK opened and still holds, used by
 the credential that opened it; the call counts as activity for its idle timer), stateless-route
 callers, and 2026-07-28 callers (their envelope and headers checked as the SDK's entry checks
-them). What a call can need on the way is kept: progress and log messages stream back on the
-call's response; an upstream's questions are put to a handshake-era caller as requests on that
-stream, whose answers (POSTed back on the session) this wrapper takes, and to a 2026-07-28 caller as
-the gateway's own InputRequiredResult rounds (the relay the SDK path uses); `notifications/cancelled`
-(and a 2026-07-28 caller's closed request) cancel the upstream request. `listen.direct_calls: false`
-turns the path off.
+them). Progress and log messages stream back on the call's response; an upstream's questions are
+put to a handshake-era caller as requests on that stream, whose answers (POSTed back on the
+session) this wrapper takes; `notifications/cancelled` (and a 2026-07-28 caller's closed request)
+cancel the call. `listen.direct_calls: false` turns this entry off; so does an SDK whose internals
+it needs have changed (`sdk_internals.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 import json
 import logging
-import math
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,18 +40,18 @@ from mcp.shared.inbound import (
     find_duplicated_routing_header,
     validate_mcp_param_headers,
 )
-from mcp_types import LOG_LEVEL_META_KEY
+from mcp_types import LOG_LEVEL_META_KEY, SERVER_INFO_META_KEY
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mcp_hub import sdk_internals
 from mcp_hub.auth.identity import Consumer
-from mcp_hub.gateway import ACCESS_TOKEN_SCOPE_KEY, CONSUMER_SCOPE_KEY, DirectStats
-from mcp_hub.pipeline import CallOutcome
-from mcp_hub.upstreams.base import CallContext, DownstreamPeer, UpstreamUnavailable
-from mcp_hub.upstreams.mcp import McpUpstream
+from mcp_hub.core.calls import LOG_LEVELS, CallAnswer, Caller, ToolRequest
+from mcp_hub.core.hub import ACCESS_TOKEN_SCOPE_KEY, CONSUMER_SCOPE_KEY, DirectStats
+from mcp_hub.upstreams.base import DownstreamPeer
 
 if TYPE_CHECKING:
-    from mcp_hub.gateway import Gateway
+    from mcp_hub.core.hub import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +168,6 @@ class _StreamPeer(DownstreamPeer):
         result = box.get("result")
         return result if isinstance(result, dict) else {}
 
-    async def log(self, params: types.LoggingMessageNotificationParams) -> None:
-        await self.reply.event({"jsonrpc": "2.0", "method": "notifications/message",
-                                "params": params.model_dump(by_alias=True, mode="json", exclude_none=True)})
-
 
 class DirectCalls:
     """ASGI wrapper of one route's Streamable HTTP endpoint (inside auth, which names the consumer)."""
@@ -196,8 +187,8 @@ class DirectCalls:
         self.waiting: dict[tuple[str, Any], tuple[anyio.Event, dict[str, Any]]] = {}
         self.ids = itertools.count(1)
         # The SDK transport's session table; without it (another SDK layout) every call goes to the SDK.
-        self._instances: dict[str, Any] | None = getattr(manager, "_server_instances", None)
-        self._owners: dict[str, Any] = getattr(manager, "_session_owners", {})
+        self._instances = sdk_internals.session_table(manager) if not sdk_internals.direct_entry_missing() else None
+        self._owners: dict[str, Any] = sdk_internals.session_owners(manager)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope.get("method") if scope["type"] == "http" else None
@@ -274,8 +265,9 @@ class DirectCalls:
             return
         session = live[0]
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        if kind == "logging/setLevel" and isinstance(params.get("level"), str):
-            session.log_level = params["level"]
+        level = params.get("level")
+        if kind == "logging/setLevel" and isinstance(level, str) and level in LOG_LEVELS:
+            session.log_level = level  # (the SDK refuses any other level; so does this entry)
         elif kind == "notifications/cancelled":
             scope = session.calls.get(_hashable(params.get("requestId")))
             if scope is not None:
@@ -297,12 +289,12 @@ class DirectCalls:
     async def _call(
         self, message: dict[str, Any], session_id: str | None, scope: Scope, receive: Receive, send: Send
     ) -> bool:
-        """Serve a tools/call directly; False (having done nothing) when the SDK should serve it.
+        """Serve a tools/call; False (having done nothing) when the SDK's entry should frame it.
 
         `session_id` None: a stateless route, where every request stands alone (no back channel for
         an upstream's questions, as on the SDK's stateless path). A 2026-07-28 request stands alone
-        by design: its envelope is checked as the SDK checks it, and anything the SDK would refuse
-        is left to the SDK to refuse."""
+        by design: its envelope is checked as the SDK's entry checks it, and anything the SDK would
+        refuse is left to the SDK to refuse."""
         params = message.get("params")
         request_id = message.get("id")
         if (
@@ -316,7 +308,8 @@ class DirectCalls:
         if not _acceptable(scope, self.json_response):
             return False
         route = self.gateway.routes.get(self.path)
-        if route is None:
+        consumer = scope.get(CONSUMER_SCOPE_KEY)
+        if route is None or not isinstance(consumer, Consumer):
             return False
         version = _header(scope, b"mcp-protocol-version")
         verdict: InboundModernRoute | None = None
@@ -336,117 +329,61 @@ class DirectCalls:
         if live is None:
             return False
         session, transport = live
-        entry = route.view.tool(params["name"])
-        if entry is None:
-            return False
-        upstream = self.gateway.upstreams.get(entry[1].upstream)
-        if type(upstream) is not McpUpstream or upstream.direct is None:
-            return False
-        if verdict is not None and not upstream.direct.modern:
-            return False  # a handshake-era upstream's mid-call requests need the relay's background call
-        consumer = scope.get(CONSUMER_SCOPE_KEY)
-        if not isinstance(consumer, Consumer):
-            return False
+        modern = verdict is not None
         self.stats.calls += 1
-        reply = _Reply(send, session_id, False if self.json_response else None, modern=verdict is not None)
-        settle = _Settle()
-        with _activity(transport):
-            answer = await self._serve(message, params, arguments, upstream, route, consumer, session_id, session,
-                                       reply, scope, receive, settle, modern=verdict is not None)
-        try:
-            await reply.finish(answer)
-        finally:
-            await settle.run()
-        return True
-
-    async def _serve(
-        self, message: dict[str, Any], params: dict[str, Any], arguments: dict[str, Any] | None,
-        upstream: McpUpstream, route: Any, consumer: Consumer, session_id: str | None, session: _Session,
-        reply: _Reply, scope: Scope, receive: Receive, settle: _Settle, *, modern: bool,
-    ) -> dict[str, Any] | None:
-        """The call through the pipeline and the upstream; the JSON-RPC answer (None: cancelled), with what
-        is left to record once it is sent put in `settle`."""
-        request_id = message["id"]
-        pipeline = self.gateway.pipeline
-        name = params["name"]
-        try:
-            call, source = self.gateway.open_call(route.view, consumer, name, arguments)
-            await pipeline.admit(call, arguments)
-        except MCPError as exc:
-            return _error(request_id, exc)
+        reply = _Reply(send, session_id, False if self.json_response else None, modern=modern)
+        peer = _StreamPeer(self, session_id, session, reply)
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
-        ctx = CallContext(
-            consumer=consumer,
-            # a 2026-07-28 caller is asked through InputRequiredResult rounds instead (below)
-            peer=None if modern else _StreamPeer(self, session_id, session, reply),
-            # (the caller's token and request headers serve caller-owned credentials, which a shared
-            # upstream, the only kind served here, does not have)
-            access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY),
-            headers=dict(consumer.forwarded_claims),
+        caller = Caller(
+            consumer=consumer, modern=modern, peer=None if modern else peer, declares=session.declares,
+            notify=functools.partial(_notification, reply), access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY),
+            request_headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())},
+        )
+        request = ToolRequest(
+            name=params["name"], arguments=arguments, progress_token=meta.get("progressToken"),
             log_level=meta.get(LOG_LEVEL_META_KEY) if modern else session.log_level,
         )
         key = _hashable(request_id)
-        outcome: dict[str, Any] | UpstreamUnavailable | MCPError | None = None
-        relayed = False
-        with anyio.CancelScope() as cancel:
+        answer: CallAnswer | None = None
+        with sdk_internals.session_busy(transport), anyio.CancelScope() as cancel:
             session.calls[key] = cancel
             watch = _DisconnectWatch(receive, cancel, reply) if modern else None
             try:
-                notify = reply.event
-                if upstream.direct is not None and not upstream.direct.modern:
-                    notify = functools.partial(_at_level, session.log_level, reply.event)
-                outcome = await upstream.call_tool_direct(
-                    source.original, arguments, ctx, progress_token=meta.get("progressToken"),
-                    notify=notify, ask_caller=not modern,
-                )
-                if modern and outcome.get("resultType") == "input_required":
-                    relayed = True
-                    outcome = await self._relay(upstream, source.original, arguments, ctx, call, session, outcome)
-            except (UpstreamUnavailable, MCPError) as exc:
-                outcome = exc
+                answer = await self.gateway.service.call_tool(route, caller, request)
+            except MCPError as exc:  # refused before the upstream was asked (recorded already)
+                answer = CallAnswer(error=exc)
             finally:
                 if watch is not None:
                     watch.close()
                 session.calls.pop(key, None)
-        if outcome is None:
-            if not relayed:  # a relayed call is the relay's to record
-                pipeline.finish_call(call, CallOutcome.CANCELLED)
-            return None
-        # The call is over: the caller gets its answer first, the charge and audit follow (`settle`).
-        if isinstance(outcome, MCPError):
-            settle.step = functools.partial(_record, pipeline, call, CallOutcome.ERROR, outcome.error.message)
-            return _error(request_id, outcome)
-        if isinstance(outcome, UpstreamUnavailable):
-            result: dict[str, Any] = {"content": [{"type": "text", "text": str(outcome)}], "isError": True}
-            settle.step = functools.partial(pipeline.charge, call, result, CallOutcome.UNAVAILABLE)
-        elif relayed:  # charged by the relay when it ended, or still waiting for the caller's answers
-            result = outcome
-        else:
-            result = outcome if modern else {k: v for k, v in outcome.items() if k != "resultType"}
-            settle.step = functools.partial(
-                pipeline.charge, call, result, CallOutcome.ERROR_RESULT if result.get("isError") else CallOutcome.OK
-            )
-        if modern:
-            result = {**result, "resultType": result.get("resultType", "complete")}
-        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+        if answer is None:  # cancelled: the call is recorded so; the caller gets no answer
+            await reply.finish(None)
+            return True
+        try:
+            await reply.finish(_message(request_id, answer, modern, route.server))
+        finally:
+            await answer.settle()  # the caller has its answer first; the charge and audit follow
+        return True
 
-    async def _relay(
-        self, upstream: McpUpstream, name: str, arguments: dict[str, Any] | None, ctx: CallContext, call: Any,
-        session: _Session, asked: dict[str, Any],
-    ) -> dict[str, Any]:
-        """A 2026-07-28 upstream's questions to a 2026-07-28 caller: the gateway's own InputRequiredResult
-        rounds (as on the SDK path), the upstream call taken up from its first answer in the background."""
 
-        async def run(peer: DownstreamPeer) -> types.CallToolResult:
-            ctx.peer = peer
-            result = await upstream.call_tool_direct(name, arguments, ctx, resume=asked)
-            return types.CallToolResult.model_validate(result, by_name=False)
+async def _notification(reply: _Reply, message: dict[str, Any]) -> None:
+    """A notification of the call (progress, log message) on its stream, as a JSON-RPC message."""
+    await reply.event({"jsonrpc": "2.0", **message})
 
-        # charged and audited by the relay when the call ends, which may be in a later request
-        answer = await self.gateway.relayed_call(
-            call, call.consumer, session.declares, run, upstream.config.call_timeout
-        )
-        return answer.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+def _message(request_id: Any, answer: CallAnswer, modern: bool, server: Any) -> dict[str, Any]:
+    """The JSON-RPC response for a call's answer, in the caller's era, as the SDK's entry frames it."""
+    if answer.error is not None:
+        return _error(request_id, answer.error)
+    result = answer.result or {}
+    if modern:
+        result = {**result, "resultType": result.get("resultType", "complete")}
+        meta = result.get("_meta")
+        if meta is None or (isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None):
+            result["_meta"] = {**(meta or {}), SERVER_INFO_META_KEY: server.server_info_stamp}
+    else:
+        result = {k: v for k, v in result.items() if k != "resultType"}
+    return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 
 def _modern_verdict(
@@ -470,37 +407,6 @@ def _modern_verdict(
         if validate_mcp_param_headers(schema, arguments or {}, headers) is not None:
             return None
     return verdict
-
-
-class _Settle:
-    """What is left to record of a call once its answer is on its way (charge, audit, metrics)."""
-
-    __slots__ = ("step",)
-
-    def __init__(self) -> None:
-        self.step: Callable[[], Awaitable[None]] | None = None
-
-    async def run(self) -> None:
-        if self.step is not None:
-            await self.step()
-
-
-async def _record(pipeline: Any, call: Any, outcome: CallOutcome, error: str) -> None:
-    pipeline.finish_call(call, outcome, error=error)
-
-
-_LOG_LEVELS = {level: rank for rank, level in enumerate(
-    ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"))}
-
-
-async def _at_level(level: str, forward: Callable[[dict[str, Any]], Awaitable[None]], message: dict[str, Any]) -> None:
-    """Forward a notification, but a log message only at or above the caller's level (a handshake-era
-    upstream logs at the gateway session's level, not the caller's)."""
-    if message.get("method") == "notifications/message":
-        params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        if _LOG_LEVELS.get(str(params.get("level")), 0) < _LOG_LEVELS.get(level, 0):
-            return
-    await forward(message)
 
 
 class _DisconnectWatch:
@@ -539,24 +445,6 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
     while (await receive())["type"] != "http.disconnect":
         pass
     scope.cancel()
-
-
-@contextlib.contextmanager
-def _activity(transport: Any) -> Any:
-    """Hold the SDK session's idle timer while the call runs, as the SDK does for its own requests."""
-    idle = getattr(transport, "idle_scope", None)
-    timeout = getattr(transport, "_idle_timeout", None)
-    if idle is None or timeout is None or not hasattr(transport, "_requests_in_flight"):
-        yield
-        return
-    transport._requests_in_flight += 1
-    idle.deadline = math.inf
-    try:
-        yield
-    finally:
-        transport._requests_in_flight -= 1
-        if not transport._requests_in_flight:
-            idle.deadline = anyio.current_time() + timeout
 
 
 def _error(request_id: Any, exc: MCPError) -> dict[str, Any]:

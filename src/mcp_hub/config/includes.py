@@ -7,8 +7,11 @@ from typing import Any
 
 import yaml
 
+from mcp_hub.config.env import interpolate
+from mcp_hub.config.errors import ConfigError
+
 # The shipped connectors live at the top of the source tree, beside src/.
-CONNECTORS_DIR = Path(__file__).resolve().parents[2] / "connectors"
+CONNECTORS_DIR = Path(__file__).resolve().parents[3] / "connectors"
 
 
 def connector_path(name: str, base_dir: Path | None = None) -> Path | None:
@@ -33,8 +36,6 @@ def expand_includes(raw: dict[str, Any], *, base_dir: Path | None, source: str |
     The config's own entries win over an included one with the same name, so a connector can be
     included and then adjusted.
     """
-    from mcp_hub.config import ConfigError, interpolate
-
     includes = raw.get("include") or []
     if not isinstance(includes, list):
         raise ConfigError(["include: must be a list of connector names"], source)

@@ -30,13 +30,14 @@ The `group` label of a consumer in several groups is its sorted group set joined
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json as _json
 import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 import structlog
@@ -56,6 +57,7 @@ __all__ = [
 
 AUDIT_LOGGER = "mcp_hub.audit"
 REDACTED = "[REDACTED]"
+_log = structlog.get_logger("mcp_hub.metrics")
 
 # -- redaction ---------------------------------------------------------------------------------
 
@@ -317,6 +319,10 @@ class Metrics:
     `per_consumer_labels=False` writes `-` for every consumer; `max_label_values` bounds the
     distinct values of each label (consumer, group, tool, upstream, ...), folding the rest into
     `other`.
+
+    State gauges (`mcp_hub_upstream_up`, `mcp_hub_active_sessions`) can be read at scrape time
+    instead of being pushed: `watch_upstreams(fn)` and `watch_sessions(fn)` register readers
+    that `render()` calls before it generates the body.
     """
 
     def __init__(
@@ -353,6 +359,10 @@ class Metrics:
         self.active_sessions = Gauge("mcp_hub_active_sessions", "open downstream MCP sessions", registry=r)
         self.storage_errors = Counter("mcp_hub_policy_storage_errors", "budget storage failures",
                                       ["operation"], registry=r)
+        self._upstream_reader: Callable[[], Mapping[str, bool]] | None = None
+        self._session_reader: Callable[[], int] | None = None
+        # Label values of upstream_up currently exported, so vanished upstreams can be removed.
+        self._upstream_labels: set[str] = set()
 
     @classmethod
     def from_options(cls, options: Any, cost_unit: str = "USD") -> Metrics:
@@ -431,7 +441,46 @@ class Metrics:
 
     def set_upstream_up(self, upstream: str, up: bool) -> None:
         """Mark an upstream healthy (1) or not (0)."""
-        self.upstream_up.labels(self._guard("upstream", upstream)).set(1 if up else 0)
+        label = self._guard("upstream", upstream)
+        self._upstream_labels.add(label)
+        self.upstream_up.labels(label).set(1 if up else 0)
+
+    def watch_upstreams(self, read: Callable[[], Mapping[str, bool]]) -> None:
+        """Set `mcp_hub_upstream_up` from `read()` ({upstream name: up}) at every scrape.
+
+        Upstreams missing from a reading lose their sample. Replaces an earlier reader.
+        """
+        self._upstream_reader = read
+
+    def watch_sessions(self, read: Callable[[], int]) -> None:
+        """Set `mcp_hub_active_sessions` from `read()` (open sessions) at every scrape; replaces an earlier reader."""
+        self._session_reader = read
+
+    def _set_upstreams(self, states: Mapping[str, bool]) -> None:
+        up: dict[str, bool] = {}
+        for name, state in states.items():
+            label = self._guard("upstream", name)
+            # Names folded into `other` count as up only when all of them are.
+            up[label] = up.get(label, True) and bool(state)
+        for gone in self._upstream_labels - up.keys():
+            with contextlib.suppress(KeyError):
+                self.upstream_up.remove(gone)
+        for label, state in up.items():
+            self.upstream_up.labels(label).set(1 if state else 0)
+        self._upstream_labels = set(up)
+
+    def _read_state(self) -> None:
+        """Refresh the scrape-time gauges; a failing reader keeps its gauge's last value."""
+        if self._upstream_reader is not None:
+            try:
+                self._set_upstreams(self._upstream_reader())
+            except Exception as exc:  # noqa: BLE001 - one broken reader must not fail the whole scrape
+                _log.warning("metrics reader failed", gauge="mcp_hub_upstream_up", error=repr(exc))
+        if self._session_reader is not None:
+            try:
+                self.active_sessions.set(int(self._session_reader()))
+            except Exception as exc:  # noqa: BLE001 - one broken reader must not fail the whole scrape
+                _log.warning("metrics reader failed", gauge="mcp_hub_active_sessions", error=repr(exc))
 
     def session_opened(self) -> None:
         """A downstream session started."""
@@ -447,6 +496,7 @@ class Metrics:
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """(body, content type) for a `/metrics` response; honours an OpenMetrics `Accept` header."""
+        self._read_state()
         if accept:
             encoder, content_type = choose_encoder(accept)
             return encoder(self.registry), content_type

@@ -37,6 +37,10 @@ _REQUESTS: dict[str, tuple[type[Any], types.ClientCapabilities]] = {
 }
 
 
+class RequestStateRefused(MCPError):
+    """A `request_state` this gateway did not issue to this caller for this tool, or one that expired."""
+
+
 class StateSigner:
     """Signs and checks `request_state` tokens."""
 
@@ -109,9 +113,6 @@ class PendingCall:
                 if ask.error is not None or ask.response is None:
                     raise MCPError(code=types.INVALID_REQUEST, message=ask.error or f"{method}: no answer")
                 return ask.response
-
-            async def log(self, params: types.LoggingMessageNotificationParams) -> None:
-                return None  # the caller's request has ended; log lines have nowhere to go
 
         return _Deferred()
 
@@ -211,19 +212,21 @@ class Relay:
         payload = self.signer.verify(state)
         pending = self.pending.get(payload["id"]) if payload else None
         if payload is None or pending is None or payload.get("tool") != tool or payload.get("sub") != consumer:
-            raise MCPError(code=types.INVALID_PARAMS, message="request_state is invalid or has expired")
+            raise RequestStateRefused(code=types.INVALID_PARAMS, message="request_state is invalid or has expired")
         pending.deadline = time.monotonic() + self.ttl
         pending.answer(responses)
         return await self._collect(pending, wait)
 
     async def _collect(self, pending: PendingCall, wait: float) -> tuple[Any, types.InputRequiredResult | None, Any]:
+        """(result or failure, None, context) when the call is over, (None, input requests, context) when it
+        asks; a failure (the upstream's, or a timeout) is a value, so the call's context can record it."""
         try:
             asks = await pending.next_event(wait)
         except TimeoutError:
             self.pending.pop(pending.id, None)
             pending.abandon("the call timed out")
             pending.scope.cancel()
-            raise MCPError(code=types.INTERNAL_ERROR, message=f"tool {pending.tool} timed out") from None
+            return MCPError(code=types.INTERNAL_ERROR, message=f"tool {pending.tool} timed out"), None, pending.context
         except BaseException:
             # The caller cancelled (or went away) while waiting: the upstream call goes too.
             self.pending.pop(pending.id, None)
@@ -231,9 +234,8 @@ class Relay:
             raise
         if asks is None:
             self.pending.pop(pending.id, None)
-            if pending.failure is not None:
-                raise pending.failure
-            return pending.result, None, pending.context
+            outcome = pending.failure if pending.failure is not None else pending.result
+            return outcome, None, pending.context
         state = self.signer.sign(
             {"id": pending.id, "tool": pending.tool, "sub": pending.consumer, "exp": int(time.time() + self.ttl)}
         )

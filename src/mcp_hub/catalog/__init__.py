@@ -1,0 +1,1 @@
+"""Exposed names, collisions, per-route views of the merged catalog, and the one resolver."""

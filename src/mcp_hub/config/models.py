@@ -1,0 +1,153 @@
+"""The gateway's config file as typed models: upstreams, routes, listen, and every section's own model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from mcp_hub.config.admin import AdminConfig
+from mcp_hub.config.auth import AuthConfig
+from mcp_hub.config.openapi import OpenAPIUpstreamConfig
+from mcp_hub.config.policy import PolicyConfig
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _UpstreamCommon(_Model):
+    prefix: str | None = Field(
+        default=None, description="Prefix of exposed tool and prompt names; defaults to the upstream's name."
+    )
+    protocol: Literal["auto", "legacy", "2026-07-28"] = Field(
+        default="auto",
+        description="auto probes 2026-07-28 and falls back to the initialize handshake; legacy forces it.",
+    )
+    connect_timeout: float = Field(default=30.0, gt=0, description="Seconds to connect and list the catalog.")
+    call_timeout: float = Field(default=300.0, gt=0, description="Seconds a call may take before it fails.")
+    health_interval: float = Field(default=15.0, gt=0, description="Seconds between liveness pings.")
+    reconnect_max_backoff: float = Field(default=30.0, gt=0, description="Upper bound of the reconnect delay.")
+    session_scope: Literal["shared", "per_consumer"] = Field(
+        default="shared",
+        description="shared: one upstream session for all callers; per_consumer: one per consumer.",
+    )
+    credentials: dict[str, Any] | None = Field(
+        default=None, description="How the gateway authenticates to this upstream (see auth docs)."
+    )
+
+
+class StdioUpstreamConfig(_UpstreamCommon):
+    transport: Literal["stdio"]
+    command: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+
+
+class _HttpUpstreamConfig(_UpstreamCommon):
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class SseUpstreamConfig(_HttpUpstreamConfig):
+    transport: Literal["sse"]
+
+
+class StreamableHttpUpstreamConfig(_HttpUpstreamConfig):
+    transport: Literal["streamable-http"]
+
+
+UpstreamConfig = Annotated[
+    StdioUpstreamConfig | SseUpstreamConfig | StreamableHttpUpstreamConfig, Field(discriminator="transport")
+]
+
+
+class ServerRoute(_Model):
+    """A virtual server: a path that exposes a chosen set of upstreams."""
+
+    path: str = Field(pattern=r"^/[A-Za-z0-9/_.-]*$")
+    upstreams: list[str] | None = Field(default=None, description="Upstreams exposed here; all when absent.")
+    prefix: bool = Field(default=True, description="false exposes the upstreams' own names.")
+    authorization_servers: list[str] | None = Field(
+        default=None,
+        description="For an upstream that runs its own OAuth (the GitHub remote MCP pattern): callers identify "
+        "to the gateway with X-Api-Key and bring the upstream's token in Authorization; this route's protected "
+        "resource metadata names these authorization servers, with the route as the resource.",
+    )
+
+
+class ListenConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    stateless: bool = Field(default=False, description="Stateless Streamable HTTP: replicas need no affinity.")
+    json_response: bool = False
+    direct_calls: bool = Field(
+        default=True,
+        description="Frame tools/call POSTs with the gateway's direct HTTP entry instead of the SDK's server session "
+        "(the same call path behind both; see docs/architecture.md); false leaves every request to the SDK's entry.",
+    )
+    separator: str = Field(default="__", pattern=r"^[A-Za-z0-9_-]{1,3}$")
+    max_request_body: int = Field(default=4 * 1024 * 1024, gt=0)
+    allowed_hosts: list[str] | None = Field(
+        default=None, description="Host headers accepted (DNS-rebinding protection); loopback by default."
+    )
+    allowed_origins: list[str] | None = None
+    on_collision: Literal["error", "warn"] = Field(
+        default="error",
+        description="Two upstreams offering one exposed name at start: refuse to start, or warn and keep "
+        "the first (config order). At run time a new collision is always a warning.",
+    )
+
+
+class GatewayConfig(_Model):
+    """The whole config file."""
+
+    include: list[str] = Field(default_factory=list, description="Connectors (by name or path) to merge in.")
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    upstreams: dict[Annotated[str, Field(pattern=NAME_PATTERN)], UpstreamConfig] = Field(default_factory=dict)
+    openapi: dict[Annotated[str, Field(pattern=NAME_PATTERN)], OpenAPIUpstreamConfig] = Field(default_factory=dict)
+    servers: list[ServerRoute] = Field(default_factory=list)
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="How callers authenticate and how their tokens become consumers and groups.")
+    admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin API.")
+    # Policy keys (default_acl, groups, ...) sit at the top level; parse_config validates them as one model.
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, exclude=True)
+    # The folder relative paths in the config (OpenAPI documents) are resolved against.
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
+
+    @model_validator(mode="after")
+    def _check_references(self) -> GatewayConfig:
+        known = set(self.upstreams) | set(self.openapi)
+        clash = set(self.upstreams) & set(self.openapi)
+        if clash:
+            raise ValueError(f"names used by both upstreams and openapi: {', '.join(sorted(clash))}")
+        paths: set[str] = set()
+        for route in self.servers:
+            if route.path in paths:
+                raise ValueError(f"servers: path {route.path} is defined twice")
+            paths.add(route.path)
+            for name in route.upstreams or []:
+                if name not in known:
+                    raise ValueError(f"servers: {route.path} names unknown upstream {name!r}")
+        return self
+
+    def upstream_prefix(self, name: str) -> str:
+        cfg = self.upstreams.get(name) or self.openapi.get(name)
+        prefix = cfg.prefix if cfg is not None else None
+        return name if prefix is None else prefix
+
+

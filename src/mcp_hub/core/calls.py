@@ -1,0 +1,279 @@
+"""The one `tools/call` path: resolve, decide, check arguments, admit, call the upstream, settle.
+
+Both entries (the SDK's server binding and the direct HTTP entry) describe the request and its
+caller, call `ToolCalls.call`, and frame the answer; everything between, the upstream's
+`input_required` rounds and the error texts included, is here once.
+
+A caller of the handshake era takes requests mid-call: an upstream's questions (its own requests
+mid-call, or a 2026-07-28 upstream's `input_required` rounds) are put to it through `Caller.peer`.
+A 2026-07-28 caller takes none: its call is relayed (`core/relay.py`), the questions handed out
+as this gateway's own InputRequiredResult rounds while the upstream call waits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+
+from mcp_hub.auth.identity import Consumer
+from mcp_hub.catalog.schemas import first_error
+from mcp_hub.catalog.view import CatalogView, Target
+from mcp_hub.core.access import Access
+from mcp_hub.core.relay import Relay
+from mcp_hub.metering.meter import Meter
+from mcp_hub.metering.record import CallOutcome, CallRecord
+from mcp_hub.upstreams.base import CallContext, DownstreamPeer, Notify, Upstream, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from mcp_hub.core.hub import Gateway
+
+logger = logging.getLogger(__name__)
+
+# Rounds of an upstream's input requests one call may take before the gateway gives up on it.
+MAX_ROUNDS = 8
+# A relayed call waits this much past the upstream's call timeout, so that the upstream's own timeout,
+# worded the same on every path, is what the caller hears.
+RELAY_GRACE = 1.0
+LOG_LEVELS = {level: rank for rank, level in enumerate(
+    ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency"))}
+
+
+@dataclass(slots=True)
+class ToolRequest:
+    """A `tools/call` as its entry read it."""
+
+    name: str
+    arguments: dict[str, Any] | None = None
+    progress_token: Any = None
+    # The level the caller wants log messages at; None: none.
+    log_level: str | None = None
+    # A 2026-07-28 caller answering this gateway's input requests of a call it started earlier.
+    request_state: str | None = None
+    input_responses: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Caller:
+    """The downstream side of one request, as the framing that received it knows it."""
+
+    consumer: Consumer
+    # 2026-07-28: no requests mid-call; an upstream's questions become InputRequiredResult rounds.
+    modern: bool
+    # Answers an upstream's questions mid-call (handshake-era callers that can take requests).
+    peer: DownstreamPeer | None
+    # Whether the caller declared the capability a server-to-client request needs.
+    declares: Callable[[str], bool]
+    # Progress and log notifications back to the caller.
+    notify: Notify | None = None
+    access_token: Any = None
+    request_headers: dict[str, str] | None = None
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class CallAnswer:
+    """What a call gives its caller, and the recording of it that the entry runs once the answer is out."""
+
+    result: dict[str, Any] | None = None
+    error: MCPError | None = None
+    settle: Callable[[], Awaitable[None]] = _nothing
+
+
+class _Asking:
+    """A relayed call's next input requests for its 2026-07-28 caller (the call is not over)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        self.result = result
+
+
+class ToolCalls:
+    """The gateway's tools/call service."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.relay = Relay()
+
+    @property
+    def access(self) -> Access:
+        return self.gateway.access
+
+    @property
+    def meter(self) -> Meter:
+        return self.gateway.meter
+
+    async def open(self, view: CatalogView, caller: Caller, request: ToolRequest) -> tuple[CallRecord, Target]:
+        """A call's record after the one ACL decision and the argument check; a refusal is settled and raised
+        as the same error whether the tool is hidden or missing."""
+        consumer, name = caller.consumer, request.name
+        target = view.resolve_tool(name)
+        if target is None:
+            record = CallRecord(consumer, name, None, False, "no such tool")
+            await self.meter.settle(record, CallOutcome.UNKNOWN)
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
+        decision = self.access.decide(consumer, "tool", target.name, target.upstream)
+        record = CallRecord(consumer, name, target.upstream, decision.allowed, decision.rule,
+                            arguments=request.arguments)
+        if not decision.allowed:
+            self.meter.denied(consumer, "tool")
+            await self.meter.settle(record, CallOutcome.DENIED)
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {name}")
+        problem = first_error(target.item.input_schema, request.arguments or {})
+        if problem is not None:
+            await self.meter.settle(record, CallOutcome.INVALID)
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid arguments for tool {name}: {problem}")
+        return record, target
+
+    async def call(self, view: CatalogView, caller: Caller, request: ToolRequest) -> CallAnswer:
+        """A tools/call from start to answer; MCPError for refusals before the upstream is asked."""
+        record, target = await self.open(view, caller, request)
+        upstream = self.gateway.upstreams.get(target.upstream)
+        wait = upstream.call_timeout + RELAY_GRACE if upstream is not None else 0.0
+        if caller.modern and request.request_state:
+            # This request's record is not the call's: the call that is waiting for these answers has its own.
+            record.finished = True
+            return await self._outcome(None, await self.relay.resume(
+                request.request_state, request.name, caller.consumer.name, _plain(request.input_responses), wait))
+        await self.meter.admit(record)
+        if upstream is None:
+            return await self._outcome(record, UpstreamUnavailable(f"upstream {target.upstream!r} was removed"))
+        ctx = CallContext(
+            consumer=caller.consumer,
+            peer=None if caller.modern else caller.peer,
+            notify=_at_level(request.log_level, caller.notify),
+            progress_token=request.progress_token,
+            log_level=request.log_level,
+            headers=dict(caller.consumer.forwarded_claims),  # auth.claim_to_header, for HTTP upstreams
+            access_token=caller.access_token,
+            request_headers=caller.request_headers,
+        )
+        outcome: Any
+        try:
+            if caller.modern:
+                outcome = await self._for_modern_caller(upstream, target.original, request.arguments, ctx, caller,
+                                                        record, wait)
+            else:
+                outcome = await self.rounds(upstream, target.original, request.arguments, ctx)
+        except (UpstreamUnavailable, MCPError) as exc:
+            outcome = exc
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self.meter.settle(record, CallOutcome.CANCELLED)
+            raise
+        return await self._outcome(record, outcome)
+
+    async def rounds(
+        self, upstream: Upstream, name: str, arguments: dict[str, Any] | None, ctx: CallContext,
+        first: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Call the upstream, answering its `input_required` rounds through `ctx.peer` until it answers."""
+        result = first if first is not None else await upstream.call(name, arguments, ctx)
+        for _ in range(MAX_ROUNDS):
+            if result.get("resultType") != "input_required":
+                return result
+            asked = types.InputRequiredResult.model_validate(result, by_name=False)
+            responses = await _fulfil(asked, ctx.peer)
+            ctx = dataclasses.replace(ctx, input_responses=responses, request_state=asked.request_state)
+            result = await upstream.call(name, arguments, ctx)
+        raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {upstream.name!r} kept asking for input")
+
+    async def _for_modern_caller(
+        self, upstream: Upstream, name: str, arguments: dict[str, Any] | None, ctx: CallContext, caller: Caller,
+        record: CallRecord, wait: float,
+    ) -> dict[str, Any] | _Asking:
+        first: dict[str, Any] | None = None
+        if not upstream.asks_mid_call:
+            first = await upstream.call(name, arguments, ctx)
+            if first.get("resultType") != "input_required":
+                return first
+
+        # The upstream asks (now or maybe later): the call goes on in the background, its questions relayed.
+        async def run(peer: DownstreamPeer) -> dict[str, Any]:
+            return await self.rounds(upstream, name, arguments, dataclasses.replace(ctx, peer=peer), first)
+
+        try:
+            result, ask, _ = await self.relay.start(
+                record.tool, caller.consumer.name, caller.declares, run, self.gateway.spawn, wait, record)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self.meter.settle(record, CallOutcome.CANCELLED)  # the caller went away while it ran
+            raise
+        if ask is not None:
+            return _Asking(ask.model_dump(by_alias=True, mode="json", exclude_none=True))
+        return result
+
+    async def _outcome(self, record: CallRecord | None, outcome: Any) -> CallAnswer:
+        """The answer for an outcome, with its settlement; `record` None: the relay's pending call owns it."""
+        if isinstance(outcome, tuple):  # a relay step: (result or failure, ask, the pending call's record)
+            result, ask, record = outcome
+            if ask is not None:
+                return CallAnswer(result=ask.model_dump(by_alias=True, mode="json", exclude_none=True))
+            outcome = result
+        if isinstance(outcome, _Asking):
+            return CallAnswer(result=outcome.result)
+        if isinstance(outcome, UpstreamUnavailable):
+            result = {"content": [{"type": "text", "text": str(outcome)}], "isError": True}
+            return CallAnswer(result=result, settle=self._settler(record, CallOutcome.UNAVAILABLE, result=result))
+        if isinstance(outcome, MCPError):
+            return CallAnswer(error=outcome,
+                              settle=self._settler(record, CallOutcome.ERROR, error=outcome.error.message))
+        if isinstance(outcome, BaseException):  # not an upstream's failure: a fault of the gateway's own
+            if record is not None:
+                await self.meter.settle(record, CallOutcome.ERROR, error=type(outcome).__name__)
+            raise outcome
+        kind = CallOutcome.ERROR_RESULT if outcome.get("isError") else CallOutcome.OK
+        return CallAnswer(result=outcome, settle=self._settler(record, kind, result=outcome))
+
+    def _settler(self, record: CallRecord | None, outcome: CallOutcome, **kwargs: Any) -> Callable[[], Awaitable[None]]:
+        if record is None:
+            return _nothing
+
+        async def settle() -> None:
+            await self.meter.settle(record, outcome, **kwargs)
+
+        return settle
+
+
+async def _fulfil(asked: types.InputRequiredResult, peer: DownstreamPeer | None) -> dict[str, Any]:
+    """Answer a 2026-07-28 upstream's input requests through the caller."""
+    responses: dict[str, Any] = {}
+    for key, request in (asked.input_requests or {}).items():
+        if peer is None or not peer.supports(request.method):
+            raise MCPError(code=types.INVALID_REQUEST, message=f"{request.method}: the caller cannot answer it")
+        params = request.params.model_dump(by_alias=True, mode="json", exclude_none=True) if request.params else None
+        responses[key] = await peer.request(request.method, params)
+    return responses
+
+
+def _at_level(level: str | None, notify: Notify | None) -> Notify | None:
+    """The caller's notifications, with log messages below its level (or all, with none) dropped."""
+    if notify is None:
+        return None
+    floor = LOG_LEVELS.get(level, 0) if level is not None else None
+
+    async def forward(message: dict[str, Any]) -> None:
+        if message.get("method") == "notifications/message":
+            params = message.get("params") if isinstance(message.get("params"), dict) else {}
+            if floor is None or LOG_LEVELS.get(str(params.get("level")), 0) < floor:
+                return
+        await notify(message)
+
+    return forward
+
+
+def _plain(responses: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        key: value.model_dump(by_alias=True, mode="json", exclude_none=True) if hasattr(value, "model_dump") else value
+        for key, value in (responses or {}).items()
+    }

@@ -1,0 +1,156 @@
+"""The request service: every MCP method a route serves, through one resolver and one ACL decision.
+
+Each request's target is resolved once on the route's view (`CatalogView.resolve_*`, which refuses
+what the route does not expose), the ACL decides once on it (`Access`), and the request goes to the
+upstream that serves it under its original identity. A hidden target and a missing one get the
+same answer; the audit log says which it was. `tools/call` has its own module (`core/calls.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+
+from mcp_hub.catalog.view import Target
+from mcp_hub.core.calls import CallAnswer, Caller, ToolCalls, ToolRequest
+from mcp_hub.upstreams.base import CallContext, Upstream, UpstreamUnavailable
+
+if TYPE_CHECKING:
+    from mcp_hub.core.hub import Gateway, Route
+
+T = TypeVar("T")
+# JSON-RPC error code of an unknown resource (the MCP spec's).
+RESOURCE_NOT_FOUND = -32002
+
+
+class RequestService:
+    """What every entry calls: listings, prompts, resources, completion, subscriptions and tool calls."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.calls = ToolCalls(gateway)
+
+    # -- listings --------------------------------------------------------------------------------
+
+    async def list(self, route: Route, caller: Caller, kind: str) -> list[Any]:
+        """The items of one kind (tool, prompt, resource, template) the caller may see on the route."""
+        await self.prepare(route, caller)
+        return self.visible(route, caller, kind)
+
+    def visible(self, route: Route, caller: Caller, kind: str) -> list[Any]:
+        """`list` for a caller whose per-consumer upstreams are prepared already."""
+        gw, view, consumer = self.gateway, route.view, caller.consumer
+        pick = {"tool": gw.visible_tools, "prompt": gw.visible_prompts, "resource": gw.visible_resources,
+                "template": gw.visible_templates}[kind]
+        return pick(view, consumer)
+
+    async def prepare(self, route: Route, caller: Caller) -> None:
+        """Let per-consumer upstreams open this caller's session, so a listing knows their items."""
+        upstreams = self.gateway.upstreams
+        needy = [upstreams[n] for n in route.upstreams if getattr(upstreams.get(n), "per_consumer", False)]
+        if not needy:
+            return
+        ctx = context_for(caller)
+        async with anyio.create_task_group() as tg:
+            for upstream in needy:
+                tg.start_soon(upstream.prepare, ctx)
+        if self.gateway.refresh_pending:
+            self.gateway.rebuild()
+
+    # -- one target ------------------------------------------------------------------------------
+
+    def admit_target(self, caller: Caller, method: str, shown: str, target: Target | None) -> Target:
+        """The ACL decision for a resolved target; a hidden target is refused as a missing one."""
+        allowed = target is not None and self.gateway.access.allows(caller.consumer, target)
+        if target is None or not allowed:
+            self.gateway.meter.audit_denied(caller.consumer, method, shown, exists=target is not None)
+            raise not_found(method, shown)
+        return target
+
+    async def call_tool(self, route: Route, caller: Caller, request: ToolRequest) -> CallAnswer:
+        return await self.calls.call(route.view, caller, request)
+
+    async def get_prompt(
+        self, route: Route, caller: Caller, name: str, arguments: dict[str, str] | None
+    ) -> types.GetPromptResult:
+        target = self.admit_target(caller, "prompts/get", name, route.view.resolve_prompt(name))
+        return await self._forward(caller, "prompts/get", name, target,
+                                   lambda up, ctx: up.get_prompt(target.original, arguments, ctx))
+
+    async def read_resource(self, route: Route, caller: Caller, uri: str) -> types.ReadResourceResult:
+        target = self.admit_target(caller, "resources/read", uri, route.view.resolve_uri(uri))
+        result = await self._forward(caller, "resources/read", uri, target,
+                                     lambda up, ctx: up.read_resource(target.original, ctx))
+        if uri != target.original:  # a namespaced URI: answer under the name the client asked for
+            result.contents = [c.model_copy(update={"uri": uri}) for c in result.contents]
+        return result
+
+    def resolve_subscription(self, route: Route, caller: Caller, uri: str) -> Target:
+        return self.admit_target(caller, "resources/subscribe", uri, route.view.resolve_uri(uri))
+
+    async def subscribe_upstream(self, caller: Caller, uri: str, target: Target) -> None:
+        """Subscribe the upstream to a resource (once, for its first watcher on a route)."""
+        await self._forward(caller, "resources/subscribe", uri, target, lambda up, ctx: up.subscribe(target.original))
+
+    async def complete(self, route: Route, caller: Caller, params: types.CompleteRequestParams) -> types.CompleteResult:
+        """Completion for a prompt's or a resource template's argument; an object the caller may not see
+        completes to nothing, as a missing one does."""
+        view, ref = route.view, params.ref
+        if isinstance(ref, types.PromptReference):
+            method_target, shown = view.resolve_prompt(ref.name), ref.name
+        else:
+            method_target, shown = view.resolve_template(ref.uri), ref.uri
+        try:
+            target = self.admit_target(caller, "completion/complete", shown, method_target)
+            if target.upstream not in self.gateway.upstreams:
+                raise not_found("completion/complete", shown)
+        except MCPError:
+            return types.CompleteResult(completion=types.Completion(values=[]))
+        forwarded = params
+        if isinstance(ref, types.PromptReference):
+            forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": target.original})})
+        return await self._forward(caller, "completion/complete", target.original, target,
+                                   lambda up, ctx: up.complete(forwarded, ctx))
+
+    async def _forward(
+        self, caller: Caller, method: str, shown: str, target: Target,
+        send: Callable[[Upstream, CallContext], Awaitable[T]],
+    ) -> T:
+        """Send an admitted request to its upstream, and audit it."""
+        upstream = self.gateway.upstreams.get(target.upstream)
+        if upstream is None:  # removed by a reload since the view was built: gone, as far as the caller knows
+            raise not_found(method, shown)
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await send(upstream, context_for(caller))
+        except UpstreamUnavailable as exc:
+            outcome = "unavailable"
+            raise MCPError(code=types.INTERNAL_ERROR, message=str(exc)) from None
+        except MCPError:
+            outcome = "error"
+            raise
+        finally:
+            self.gateway.meter.audit_request(caller.consumer, method, shown, target.upstream, outcome,
+                                             (time.perf_counter() - started) * 1000)
+
+
+def not_found(method: str, shown: str) -> MCPError:
+    """The one answer for a target that is missing, hidden from the caller, or gone."""
+    if method == "prompts/get":
+        return MCPError(code=types.INVALID_PARAMS, message=f"Unknown prompt: {shown}")
+    return MCPError(code=RESOURCE_NOT_FOUND, message=f"Resource not found: {shown}", data={"uri": shown})
+
+
+def context_for(caller: Caller) -> CallContext:
+    """What an upstream may use from a caller's request other than a tool call."""
+    return CallContext(
+        consumer=caller.consumer, peer=caller.peer, notify=caller.notify, access_token=caller.access_token,
+        request_headers=caller.request_headers,
+        headers=dict(caller.consumer.forwarded_claims),  # auth.claim_to_header, for HTTP upstreams
+    )
