@@ -17,7 +17,6 @@ from mcp_hub.auth.identity import Consumer
 from mcp_hub.config import GatewayConfig, parse_config
 from mcp_hub.core.calls import MAX_ROUNDS, CallAnswer, Caller, ToolRequest
 from mcp_hub.core.hub import Gateway
-from mcp_hub.core.relay import STATE_PREFIX
 from mcp_hub.core.service import RESOURCE_NOT_FOUND
 from mcp_hub.metering.observability import configure_logging
 from mcp_hub.metering.record import LIMIT_EXCEEDED
@@ -327,21 +326,24 @@ async def test_upstream_that_keeps_asking_is_given_up_on(audit_log: Any) -> None
     assert line["outcome"] == "error" and "kept asking for input" in line["error"]
 
 
-async def test_modern_caller_gets_signed_input_rounds_and_completes(audit_log: Any) -> None:
+async def test_modern_caller_gets_the_upstreams_rounds_with_a_sealed_state(audit_log: Any) -> None:
+    """A 2026-07-28 upstream's input_required round reaches a 2026-07-28 caller as it came (every input
+    request, under its own key), with the upstream's state sealed in one of the gateway's."""
     a, b = make_upstreams()
-    a.script("ask", ask({"who": elicit("Who are you?")}, "up-state-1"), text_result("hello dana"))
+    asked = ask({"who": elicit("Who are you?"), "why": elicit("Why?")}, "up-state-1")
+    a.script("ask", asked, text_result("hello dana"))
     caller = modern_caller(DEV)
     async with running_gateway(make_config(), [a, b]) as gw:
         first = await call(gw, caller, "a__ask", {})
         assert first.error is None and first.result is not None
         assert first.result["resultType"] == "input_required"
         state = first.result["requestState"]
-        assert state.startswith(STATE_PREFIX) and state.startswith("hub1.")
-        assert state != "up-state-1"  # the upstream's own state stays with the gateway
-        [(key, request)] = first.result["inputRequests"].items()
-        assert request["method"] == "elicitation/create"
-        assert request["params"]["message"] == "Who are you?"
-        assert audit_log(method="tools/call") == []  # the call is not over
+        assert state.startswith("hub2.")
+        assert "up-state-1" not in state  # sealed: the upstream's own state is not readable by the caller
+        assert first.result["inputRequests"] == asked["inputRequests"]
+        key, response = "who", {"action": "accept", "content": {"answer": "dana"}}
+        # The round is recorded as such (not charged); the call is charged when it completes.
+        assert [line["outcome"] for line in audit_log(method="tools/call")] == ["input_required"]
         assert [r.had_peer for r in a.received] == [False]
 
         response = {"action": "accept", "content": {"answer": "dana"}}
@@ -350,9 +352,9 @@ async def test_modern_caller_gets_signed_input_rounds_and_completes(audit_log: A
         # The upstream got the caller's answer under its own key, with its own state.
         assert [(r.input_responses, r.request_state) for r in a.received] == [
             (None, None), ({"who": response}, "up-state-1")]
-        assert [line["outcome"] for line in audit_log(method="tools/call")] == ["ok"]
+        assert [line["outcome"] for line in audit_log(method="tools/call")] == ["input_required", "ok"]
 
-        # The state was for one call: once it is over, the state is refused.
+        # A state answers one round: replayed, it is refused.
         with pytest.raises(MCPError) as caught:
             await call(gw, caller, "a__ask", {}, request_state=state, input_responses={key: response})
         assert "request_state" in caught.value.error.message
@@ -380,7 +382,8 @@ async def test_modern_caller_takes_several_rounds() -> None:
 
 @pytest.mark.parametrize("tamper", [
     lambda s: s[:-3] + ("AAA" if not s.endswith("AAA") else "BBB"),
-    lambda s: s.replace(STATE_PREFIX, "hub2."),
+    lambda s: "hub2." + "A" * (len(s) - 5),
+    lambda s: s[:40] + s[41:],
     lambda s: "hub1.garbage",
 ])
 async def test_tampered_request_state_is_refused(tamper: Callable[[str], str]) -> None:
@@ -405,14 +408,19 @@ async def test_tampered_request_state_is_refused(tamper: Callable[[str], str]) -
         assert text_of(await call(gw, caller, "a__ask", {}, request_state=state, input_responses=responses)) == "fine"
 
 
-async def test_modern_caller_that_cannot_answer_gets_an_error(audit_log: Any) -> None:
+async def test_the_upstream_sees_what_the_caller_declared(audit_log: Any) -> None:
+    """A 2026-07-28 upstream decides what to ask by the caller's declared capabilities (not the gateway's):
+    they reach it with the request, and its answer reaches the caller as it came."""
     a, b = make_upstreams()
     a.script("ask", ask({"who": elicit("Who?")}, "s"))
+    declared = {"sampling": {}}
+    caller = modern_caller(DEV, declares=lambda method: method == "sampling/createMessage")
+    caller.capabilities = declared
     async with running_gateway(make_config(), [a, b]) as gw:
-        answer = await call(gw, modern_caller(DEV, declares=lambda _method: False), "a__ask", {})
-    assert answer.result is None and answer.error is not None
-    assert answer.error.error.message == "elicitation/create: the caller cannot answer it"
-    assert [line["outcome"] for line in audit_log(method="tools/call")] == ["error"]
+        answer = await call(gw, caller, "a__ask", {})
+    assert [r.client_capabilities for r in a.received] == [declared]
+    assert answer.error is None and answer.result is not None and answer.result["resultType"] == "input_required"
+    assert [line["outcome"] for line in audit_log(method="tools/call")] == ["input_required"]
 
 
 async def test_upstream_error_on_a_resumed_call_is_an_answer_and_audited(audit_log: Any) -> None:
@@ -427,7 +435,7 @@ async def test_upstream_error_on_a_resumed_call_is_an_answer_and_audited(audit_l
         answer = await call(gw, caller, "a__ask", {}, request_state=first.result["requestState"],
                             input_responses={key: {"action": "decline"}})
     assert answer.error is not None and answer.error.error.message == "upstream: request_state s1 has expired"
-    assert [line["outcome"] for line in audit_log(method="tools/call")] == ["error"]
+    assert [line["outcome"] for line in audit_log(method="tools/call")] == ["input_required", "error"]
 
 
 # -- admission -----------------------------------------------------------------------------------

@@ -56,6 +56,8 @@ class Received:
     request_state: str | None
     consumer: str
     had_peer: bool
+    # What the caller declared, as the upstream sees it (a 2026-07-28 upstream decides what to ask by it).
+    client_capabilities: dict[str, Any] | None = None
 
 
 class MemoryUpstream(Upstream):
@@ -102,7 +104,7 @@ class MemoryUpstream(Upstream):
 
     async def call(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
         self.received.append(Received(name, arguments, ctx.input_responses, ctx.request_state, ctx.consumer.name,
-                                      ctx.peer is not None))
+                                      ctx.peer is not None, ctx.client_capabilities))
         steps = self.scripts.get(name)
         if not steps:
             return text_result(json.dumps({"upstream": self.name, "tool": name, "arguments": arguments}))

@@ -27,12 +27,13 @@ from mcp_hub.catalog.schemas import first_error
 from mcp_hub.catalog.view import CatalogView, Target
 from mcp_hub.core.access import Access
 from mcp_hub.core.relay import Relay
+from mcp_hub.core.states import SealedStates
 from mcp_hub.metering.meter import Meter
 from mcp_hub.metering.record import CallOutcome, CallRecord
 from mcp_hub.upstreams.base import CallContext, DownstreamPeer, Notify, Upstream, UpstreamUnavailable
 
 if TYPE_CHECKING:
-    from mcp_hub.core.hub import Gateway
+    from mcp_hub.core.hub import Gateway, Route
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class Caller:
     notify: Notify | None = None
     access_token: Any = None
     request_headers: dict[str, str] | None = None
+    # The capabilities and client info the caller declared (JSON), passed on to 2026-07-28 upstreams.
+    capabilities: dict[str, Any] | None = None
+    client_info: dict[str, Any] | None = None
 
 
 async def _nothing() -> None:
@@ -104,6 +108,7 @@ class ToolCalls:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.relay = Relay()
+        self.states = SealedStates()
 
     @property
     def access(self) -> Access:
@@ -135,17 +140,29 @@ class ToolCalls:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Invalid arguments for tool {name}: {problem}")
         return record, target
 
-    async def call(self, view: CatalogView, caller: Caller, request: ToolRequest) -> CallAnswer:
+    async def call(self, route: Route, caller: Caller, request: ToolRequest) -> CallAnswer:
         """A tools/call from start to answer; MCPError for refusals before the upstream is asked."""
-        record, target = await self.open(view, caller, request)
+        record, target = await self.open(route.view, caller, request)
         upstream = self.gateway.upstreams.get(target.upstream)
         wait = upstream.call_timeout + RELAY_GRACE if upstream is not None else 0.0
-        if caller.modern and request.request_state:
-            # This request's record is not the call's: the call that is waiting for these answers has its own.
+        upstream_state: str | None = None
+        resumed = caller.modern and bool(request.request_state)
+        if resumed and not self.states.is_sealed(request.request_state):
+            # The gateway's own rounds (core/relay.py): the call waiting for these answers has its own record.
             record.finished = True
             return await self._outcome(None, await self.relay.resume(
-                request.request_state, request.name, caller.consumer.name, _plain(request.input_responses), wait))
-        await self.meter.admit(record)
+                request.request_state or "", request.name, caller.consumer.name, _plain(request.input_responses),
+                wait))
+        if resumed:
+            # A round of an upstream's own input requests, relayed as they came: admitted when the call started.
+            try:
+                upstream_state = self.states.open(request.request_state or "", method="tools/call",
+                                                  target=request.name, consumer=caller.consumer.name, route=route.path)
+            except MCPError as exc:
+                await self.meter.settle(record, CallOutcome.ERROR, error=exc.error.message)
+                raise
+        else:
+            await self.meter.admit(record)
         if upstream is None:
             return await self._outcome(record, UpstreamUnavailable(f"upstream {target.upstream!r} was removed"))
         ctx = CallContext(
@@ -157,12 +174,21 @@ class ToolCalls:
             headers=dict(caller.consumer.forwarded_claims),  # auth.claim_to_header, for HTTP upstreams
             access_token=caller.access_token,
             request_headers=caller.request_headers,
+            client_capabilities=caller.capabilities,
+            client_info=caller.client_info,
+            input_responses=request.input_responses if resumed else None,
+            request_state=upstream_state,
         )
         outcome: Any
         try:
+            upstream = await upstream.for_caller(caller.modern)
             if caller.modern:
                 outcome = await self._for_modern_caller(upstream, target.original, request.arguments, ctx, caller,
                                                         record, wait)
+                if isinstance(outcome, dict) and outcome.get("resultType") == "input_required":
+                    # The upstream's own round, passed through: its requests unchanged, its state sealed.
+                    outcome = self.states.wrap(outcome, method="tools/call", target=request.name,
+                                               consumer=caller.consumer.name, route=route.path)
             else:
                 outcome = await self.rounds(upstream, target.original, request.arguments, ctx)
         except (UpstreamUnavailable, MCPError) as exc:
@@ -183,7 +209,7 @@ class ToolCalls:
             if result.get("resultType") != "input_required":
                 return result
             asked = types.InputRequiredResult.model_validate(result, by_name=False)
-            responses = await _fulfil(asked, ctx.peer)
+            responses = await fulfil(asked, ctx.peer)
             ctx = dataclasses.replace(ctx, input_responses=responses, request_state=asked.request_state)
             result = await upstream.call(name, arguments, ctx)
         raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {upstream.name!r} kept asking for input")
@@ -192,15 +218,13 @@ class ToolCalls:
         self, upstream: Upstream, name: str, arguments: dict[str, Any] | None, ctx: CallContext, caller: Caller,
         record: CallRecord, wait: float,
     ) -> dict[str, Any] | _Asking:
-        first: dict[str, Any] | None = None
         if not upstream.asks_mid_call:
-            first = await upstream.call(name, arguments, ctx)
-            if first.get("resultType") != "input_required":
-                return first
+            # A 2026-07-28 upstream: its input_required rounds go to the caller as they are (see `call`).
+            return await upstream.call(name, arguments, ctx)
 
-        # The upstream asks (now or maybe later): the call goes on in the background, its questions relayed.
+        # A handshake-era upstream may ask mid-call: the call goes on in the background, its questions relayed.
         async def run(peer: DownstreamPeer) -> dict[str, Any]:
-            return await self.rounds(upstream, name, arguments, dataclasses.replace(ctx, peer=peer), first)
+            return await self.rounds(upstream, name, arguments, dataclasses.replace(ctx, peer=peer))
 
         try:
             result, ask, _ = await self.relay.start(
@@ -232,7 +256,10 @@ class ToolCalls:
             if record is not None:
                 await self.meter.settle(record, CallOutcome.ERROR, error=type(outcome).__name__)
             raise outcome
-        kind = CallOutcome.ERROR_RESULT if outcome.get("isError") else CallOutcome.OK
+        if outcome.get("resultType") == "input_required":
+            kind = CallOutcome.INPUT_REQUIRED
+        else:
+            kind = CallOutcome.ERROR_RESULT if outcome.get("isError") else CallOutcome.OK
         return CallAnswer(result=outcome, settle=self._settler(record, kind, result=outcome))
 
     def _settler(self, record: CallRecord | None, outcome: CallOutcome, **kwargs: Any) -> Callable[[], Awaitable[None]]:
@@ -245,7 +272,7 @@ class ToolCalls:
         return settle
 
 
-async def _fulfil(asked: types.InputRequiredResult, peer: DownstreamPeer | None) -> dict[str, Any]:
+async def fulfil(asked: types.InputRequiredResult, peer: DownstreamPeer | None) -> dict[str, Any]:
     """Answer a 2026-07-28 upstream's input requests through the caller."""
     responses: dict[str, Any] = {}
     for key, request in (asked.input_requests or {}).items():

@@ -8,8 +8,10 @@ same answer; the audit log says which it was. `tools/call` has its own module (`
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -17,13 +19,21 @@ import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from mcp_hub.catalog.view import Target
-from mcp_hub.core.calls import CallAnswer, Caller, ToolCalls, ToolRequest
+from mcp_hub.core.calls import MAX_ROUNDS, CallAnswer, Caller, ToolCalls, ToolRequest, fulfil
 from mcp_hub.upstreams.base import CallContext, Upstream, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from mcp_hub.core.hub import Gateway, Route
 
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class InputAnswers:
+    """A 2026-07-28 caller's answers to a round of input requests, and the state that came with the round."""
+
+    input_responses: dict[str, Any] | None
+    request_state: str | None
 # JSON-RPC error code of an unknown resource (the MCP spec's).
 RESOURCE_NOT_FOUND = -32002
 
@@ -73,29 +83,57 @@ class RequestService:
         return target
 
     async def call_tool(self, route: Route, caller: Caller, request: ToolRequest) -> CallAnswer:
-        return await self.calls.call(route.view, caller, request)
+        return await self.calls.call(route, caller, request)
 
     async def get_prompt(
-        self, route: Route, caller: Caller, name: str, arguments: dict[str, str] | None
-    ) -> types.GetPromptResult:
+        self, route: Route, caller: Caller, name: str, arguments: dict[str, str] | None,
+        answers: InputAnswers | None = None,
+    ) -> types.GetPromptResult | types.InputRequiredResult:
         target = self.admit_target(caller, "prompts/get", name, route.view.resolve_prompt(name))
-        return await self._forward(caller, "prompts/get", name, target,
-                                   lambda up, ctx: up.get_prompt(target.original, arguments, ctx))
+        return await self._asking(route, caller, "prompts/get", name, target, answers,
+                                  lambda up, ctx: up.get_prompt(target.original, arguments, ctx))
 
-    async def read_resource(self, route: Route, caller: Caller, uri: str) -> types.ReadResourceResult:
+    async def read_resource(
+        self, route: Route, caller: Caller, uri: str, answers: InputAnswers | None = None
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
         target = self.admit_target(caller, "resources/read", uri, route.view.resolve_uri(uri))
-        result = await self._forward(caller, "resources/read", uri, target,
-                                     lambda up, ctx: up.read_resource(target.original, ctx))
-        if uri != target.original:  # a namespaced URI: answer under the name the client asked for
+        result = await self._asking(route, caller, "resources/read", uri, target, answers,
+                                    lambda up, ctx: up.read_resource(target.original, ctx))
+        if isinstance(result, types.ReadResourceResult) and uri != target.original:
+            # a namespaced URI: answer under the name the client asked for
             result.contents = [c.model_copy(update={"uri": uri}) for c in result.contents]
         return result
+
+    async def _asking(
+        self, route: Route, caller: Caller, method: str, shown: str, target: Target, answers: InputAnswers | None,
+        send: Callable[[Upstream, CallContext], Awaitable[Any]],
+    ) -> Any:
+        """A request other than tools/call whose upstream may answer `input_required`: a handshake-era caller's
+        peer answers the rounds; a 2026-07-28 caller gets them as they came, with the state sealed."""
+        ctx = context_for(caller)
+        if caller.modern and answers is not None and answers.request_state:
+            ctx.request_state = self.calls.states.open(answers.request_state, method=method, target=shown,
+                                                       consumer=caller.consumer.name, route=route.path)
+            ctx.input_responses = answers.input_responses
+        for _ in range(MAX_ROUNDS):
+            result = await self._forward(caller, method, shown, target, lambda up, ctx=ctx: send(up, ctx))
+            if not isinstance(result, types.InputRequiredResult):
+                return result
+            if caller.modern:
+                dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+                return types.InputRequiredResult.model_validate(self.calls.states.wrap(
+                    dumped, method=method, target=shown, consumer=caller.consumer.name, route=route.path),
+                    by_name=False)
+            responses = await fulfil(result, caller.peer)
+            ctx = dataclasses.replace(ctx, input_responses=responses, request_state=result.request_state)
+        raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {target.upstream!r} kept asking for input")
 
     def resolve_subscription(self, route: Route, caller: Caller, uri: str) -> Target:
         return self.admit_target(caller, "resources/subscribe", uri, route.view.resolve_uri(uri))
 
     async def subscribe_upstream(self, caller: Caller, uri: str, target: Target) -> None:
         """Subscribe the upstream to a resource (once, for its first watcher on a route)."""
-        await self._forward(caller, "resources/subscribe", uri, target, lambda up, ctx: up.subscribe(target.original))
+        await self._forward(caller, "resources/subscribe", uri, target, lambda up: up.subscribe(target.original))
 
     async def complete(self, route: Route, caller: Caller, params: types.CompleteRequestParams) -> types.CompleteResult:
         """Completion for a prompt's or a resource template's argument; an object the caller may not see
@@ -115,11 +153,11 @@ class RequestService:
         if isinstance(ref, types.PromptReference):
             forwarded = params.model_copy(update={"ref": ref.model_copy(update={"name": target.original})})
         return await self._forward(caller, "completion/complete", target.original, target,
-                                   lambda up, ctx: up.complete(forwarded, ctx))
+                                   lambda up: up.complete(forwarded, context_for(caller)))
 
     async def _forward(
         self, caller: Caller, method: str, shown: str, target: Target,
-        send: Callable[[Upstream, CallContext], Awaitable[T]],
+        send: Callable[[Upstream], Awaitable[T]],
     ) -> T:
         """Send an admitted request to its upstream, and audit it."""
         upstream = self.gateway.upstreams.get(target.upstream)
@@ -128,7 +166,7 @@ class RequestService:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await send(upstream, context_for(caller))
+            return await send(upstream)
         except UpstreamUnavailable as exc:
             outcome = "unavailable"
             raise MCPError(code=types.INTERNAL_ERROR, message=str(exc)) from None

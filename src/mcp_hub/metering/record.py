@@ -20,6 +20,8 @@ class CallOutcome(enum.StrEnum):
     INVALID = "invalid_arguments"
     LIMITED = "limited"
     CANCELLED = "cancelled"
+    # A round of a 2026-07-28 call whose upstream asked for input: not charged; the round that completes is.
+    INPUT_REQUIRED = "input_required"
 
 
 # Prometheus outcomes are a small fixed set.
@@ -33,6 +35,7 @@ METRIC_OUTCOME = {
     CallOutcome.INVALID: "error",
     CallOutcome.LIMITED: "limited",
     CallOutcome.CANCELLED: "error",
+    CallOutcome.INPUT_REQUIRED: "input_required",
 }
 # JSON-RPC error code of a budget or rate-limit rejection (implementation-defined server error range).
 LIMIT_EXCEEDED = -32029

@@ -70,6 +70,7 @@ class _Session:
     """What the wrapper learnt of a stateful session when it opened, and since."""
 
     capabilities: dict[str, Any]
+    client_info: dict[str, Any] | None = None
     log_level: str = "debug"
     calls: dict[Any, anyio.CancelScope] = field(default_factory=dict)
 
@@ -236,21 +237,22 @@ class DirectCalls:
 
     async def _opening(self, message: dict[str, Any], scope: Scope, receive: Receive, send: Send) -> None:
         """An initialize: pass it to the SDK and note the session it opens, with the caller's capabilities."""
-        params = message.get("params")
-        capabilities = params.get("capabilities") if isinstance(params, dict) else None
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        capabilities, client_info = params.get("capabilities"), params.get("clientInfo")
 
         async def watch(event: Message) -> None:
             # noted before the answer leaves: the client may use the session the moment it reads it
             if event["type"] == "http.response.start" and event.get("status") == 200:
                 for key, value in event.get("headers", ()):
                     if key == b"mcp-session-id":
-                        self._note_session(value.decode("latin-1"), capabilities)
+                        self._note_session(value.decode("latin-1"), capabilities, client_info)
             await send(event)
 
         await self.app(scope, receive, watch)
 
-    def _note_session(self, session_id: str, capabilities: Any) -> None:
-        self.sessions[session_id] = _Session(capabilities if isinstance(capabilities, dict) else {})
+    def _note_session(self, session_id: str, capabilities: Any, client_info: Any) -> None:
+        self.sessions[session_id] = _Session(capabilities if isinstance(capabilities, dict) else {},
+                                             client_info if isinstance(client_info, dict) else None)
         if len(self.sessions) > 2 * len(self._instances or ()) + 64:
             live = self._instances or {}
             self.sessions = {k: v for k, v in self.sessions.items() if k in live or k == session_id}
@@ -318,7 +320,8 @@ class DirectCalls:
             if verdict is None:
                 return False
             capabilities = verdict.client_capabilities if isinstance(verdict.client_capabilities, dict) else {}
-            live: tuple[_Session, Any] | None = (_Session(capabilities), None)
+            info = verdict.client_info if isinstance(verdict.client_info, dict) else None
+            live: tuple[_Session, Any] | None = (_Session(capabilities, info), None)
             session_id = None
         elif session_id is not None:
             live = self._live_session(session_id, scope)
@@ -338,6 +341,7 @@ class DirectCalls:
             consumer=consumer, modern=modern, peer=None if modern else peer, declares=session.declares,
             notify=functools.partial(_notification, reply), access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY),
             request_headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())},
+            capabilities=session.capabilities, client_info=session.client_info,
         )
         request = ToolRequest(
             name=params["name"], arguments=arguments, progress_token=meta.get("progressToken"),

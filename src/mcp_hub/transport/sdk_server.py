@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import mcp_types as types
@@ -27,6 +28,7 @@ from mcp_hub import __version__, sdk_internals
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.core.calls import Caller, ToolRequest
 from mcp_hub.core.hub import ACCESS_TOKEN_SCOPE_KEY, CONSUMER_SCOPE_KEY, Gateway, Route
+from mcp_hub.core.service import InputAnswers
 from mcp_hub.upstreams.base import DownstreamPeer
 
 # Server-to-client requests the gateway relays, with their models and the capability each needs.
@@ -120,6 +122,7 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             route.connections[connection] = consumer  # it hears of list changes
         scope = getattr(ctx.request, "scope", None) or {}
         peer = _Peer(ctx)
+        declared = connection.client_params if connection is not None else None
         return Caller(
             consumer=consumer,
             modern=ctx.protocol_version in MODERN_PROTOCOL_VERSIONS,
@@ -128,6 +131,8 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             notify=peer.notify,
             access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY),
             request_headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())},
+            capabilities=_dump(declared.capabilities) if declared is not None else None,
+            client_info=_dump(declared.client_info) if declared is not None else None,
         )
 
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: Any) -> types.ListToolsResult:
@@ -147,7 +152,7 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
         request = ToolRequest(
             name=params.name, arguments=params.arguments,
             progress_token=meta.get("progress_token", meta.get("progressToken")), log_level=_log_level(ctx),
-            request_state=params.request_state, input_responses=params.input_responses,
+            request_state=params.request_state, input_responses=_raw_responses(ctx),
         )
         answer = await service.call_tool(route, caller(ctx), request)
         await answer.settle()
@@ -158,13 +163,17 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
         # and drops it for handshake-era callers.
         return {**answer.result, "resultType": answer.result.get("resultType", "complete")}
 
-    async def get_prompt(ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> types.GetPromptResult:
-        return await service.get_prompt(route, caller(ctx), params.name, params.arguments)
+    async def get_prompt(
+        ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
+        return await service.get_prompt(route, caller(ctx), params.name, params.arguments,
+                                        InputAnswers(_raw_responses(ctx), params.request_state))
 
     async def read_resource(
         ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
-    ) -> types.ReadResourceResult:
-        return await service.read_resource(route, caller(ctx), str(params.uri))
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
+        return await service.read_resource(route, caller(ctx), str(params.uri),
+                                           InputAnswers(_raw_responses(ctx), params.request_state))
 
     async def subscribe(ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> types.EmptyResult:
         uri = str(params.uri)
@@ -264,6 +273,16 @@ def _listing_cache(gateway: Gateway, route: Route, server: Server[Any], caller: 
         return result
 
     return middleware
+
+
+def _raw_responses(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any] | None:
+    """A 2026-07-28 caller's input responses as it sent them (passed on unchanged, not re-typed)."""
+    responses = ctx.params.get("inputResponses") if isinstance(ctx.params, Mapping) else None
+    return dict(responses) if isinstance(responses, Mapping) else None
+
+
+def _dump(model: Any) -> dict[str, Any] | None:
+    return model.model_dump(by_alias=True, mode="json", exclude_none=True) if model is not None else None
 
 
 def _consumer_of(ctx: ServerRequestContext[Any, Any], default: Consumer) -> Consumer:

@@ -63,6 +63,9 @@ class CallContext:
     # The caller's verified token and request headers, for credentials that belong to the caller.
     access_token: Any = None
     request_headers: dict[str, str] | None = None
+    # What the caller declared (its client capabilities and info, as JSON): a 2026-07-28 upstream sees them.
+    client_capabilities: dict[str, Any] | None = None
+    client_info: dict[str, Any] | None = None
     # A retry of a call that answered `input_required`: the caller's answers and the upstream's state.
     input_responses: dict[str, Any] | None = None
     request_state: str | None = None
@@ -117,18 +120,22 @@ class Upstream(ABC):
     # Whether the upstream may put requests to the caller while it serves a call (a handshake-era session).
     asks_mid_call: bool = False
 
+    async def for_caller(self, modern: bool) -> Upstream:
+        """The channel to this upstream in the caller's era (2026-07-28 when `modern`) where it speaks it."""
+        return self
+
     @abstractmethod
     async def call(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
         """One `tools/call` round: the upstream's CallToolResult, or its InputRequiredResult (with
         `resultType: input_required`), as JSON. UpstreamUnavailable when it cannot answer, MCPError for
         its JSON-RPC errors."""
 
-    async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult:
+    async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult | types.InputRequiredResult:
         raise UpstreamUnavailable(f"upstream {self.name!r} serves no resources")
 
     async def get_prompt(
         self, name: str, arguments: dict[str, str] | None, ctx: CallContext
-    ) -> types.GetPromptResult:
+    ) -> types.GetPromptResult | types.InputRequiredResult:
         raise UpstreamUnavailable(f"upstream {self.name!r} serves no prompts")
 
     async def prepare(self, ctx: CallContext) -> None:

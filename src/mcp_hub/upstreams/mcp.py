@@ -67,6 +67,8 @@ _PAGE_CAP = 200  # a paginator that never ends cannot hang a refresh
 # Idle connections are dropped well before common servers' keep-alive timeouts (uvicorn: 5 s): reusing
 # one the server is closing fails that POST, and the SDK's transport then ends the whole session.
 UPSTREAM_LIMITS = httpx2.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=2.0)
+# How long to wait before trying again to open a handshake-era session a server refused.
+HANDSHAKE_RETRY = 60.0
 
 
 HeaderSource = Callable[[], Awaitable[dict[str, str]]]
@@ -135,13 +137,43 @@ class McpUpstream(Upstream):
         self._upstream_session: str | None = None
         # Set while connected over Streamable HTTP (either era): the gateway's direct call path.
         self.direct: DirectChannel | None = None
+        # protocol auto, reached in 2026-07-28: a handshake-era session of the same server, opened for the
+        # first handshake-era caller (servers of that era ask mid-call; see `for_caller`).
+        self._handshake: McpUpstream | None = None
+        self._handshake_lock = anyio.Lock()
+        self._handshake_retry_at = 0.0
+        self._tg: anyio.abc.TaskGroup | None = None
 
     def health(self) -> dict[str, Any]:
         out = super().health()
         out["connects"] = self.connects
         if self.protocol_version:
             out["protocol"] = self.protocol_version
+        if self._handshake is not None:
+            out["handshake_session"] = self._handshake.state.value
         return out
+
+    async def for_caller(self, modern: bool) -> Upstream:
+        """The channel that speaks the caller's era: this connection, or for a handshake-era caller of an
+        upstream reached in 2026-07-28 under `protocol: auto`, a handshake-era session of the same server
+        (opened on first use; if the server does not take one, this connection, whose input_required rounds
+        the gateway then puts to the caller)."""
+        if (modern or self.config.protocol != "auto" or self.asks_mid_call or self._tg is None
+                or isinstance(self.config, StdioUpstreamConfig)):  # a second process would split the server's state
+            return self
+        async with self._handshake_lock:
+            if self._handshake is None and anyio.current_time() >= self._handshake_retry_at:
+                twin = McpUpstream(self.name, self.config.model_copy(update={"protocol": "legacy"}),
+                                   http_client=self._http_client)
+                twin.credential_headers = self.credential_headers
+                scope = await self._tg.start(_run_scoped, twin)
+                if twin.state == UpstreamState.UP:
+                    self._handshake = twin
+                else:  # the server takes no handshake: ask again in a while, not on every call
+                    scope.cancel()
+                    self._handshake_retry_at = anyio.current_time() + HANDSHAKE_RETRY
+        twin = self._handshake
+        return twin if twin is not None and twin.state == UpstreamState.UP else self
 
     # -- connection lifecycle -------------------------------------------------------------------
 
@@ -286,6 +318,16 @@ class McpUpstream(Upstream):
         return items
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg  # the handshake-era twin, when one is opened, lives and ends with this connection
+            try:
+                await self._run(task_status)
+            finally:
+                self._tg = None
+                self._handshake = None
+                tg.cancel_scope.cancel()
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
         backoff = 0.25
         started = False
         while True:
@@ -470,8 +512,14 @@ class McpUpstream(Upstream):
         self, channel: DirectChannel, name: str, arguments: dict[str, Any] | None, ctx: CallContext
     ) -> dict[str, Any]:
         meta = dict(channel.envelope)
-        if ctx.log_level and channel.modern:
-            meta[LOG_LEVEL_META_KEY] = ctx.log_level
+        if channel.modern:
+            # The upstream decides what to ask of the caller by what the caller declared, not the gateway.
+            if ctx.client_capabilities is not None:
+                meta[CLIENT_CAPABILITIES_META_KEY] = ctx.client_capabilities
+            if ctx.client_info is not None:
+                meta[CLIENT_INFO_META_KEY] = ctx.client_info
+            if ctx.log_level:
+                meta[LOG_LEVEL_META_KEY] = ctx.log_level
         if ctx.progress_token is not None:
             meta["progressToken"] = ctx.progress_token
         extra: dict[str, Any] | None = None
@@ -526,15 +574,21 @@ class McpUpstream(Upstream):
             return {LOG_LEVEL_META_KEY: ctx.log_level}
         return None
 
-    async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult:
-        async def send(session: ClientSession) -> types.ReadResourceResult:
-            return await session.read_resource(uri)
+    async def read_resource(
+        self, uri: str, ctx: CallContext
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
+        async def send(session: ClientSession) -> types.ReadResourceResult | types.InputRequiredResult:
+            return await session.read_resource(uri, input_responses=ctx.input_responses,
+                                               request_state=ctx.request_state, allow_input_required=True)
 
         return await self._request(ctx, "resources/read", send)
 
-    async def get_prompt(self, name: str, arguments: dict[str, str] | None, ctx: CallContext) -> types.GetPromptResult:
-        async def send(session: ClientSession) -> types.GetPromptResult:
-            return await session.get_prompt(name, arguments)
+    async def get_prompt(
+        self, name: str, arguments: dict[str, str] | None, ctx: CallContext
+    ) -> types.GetPromptResult | types.InputRequiredResult:
+        async def send(session: ClientSession) -> types.GetPromptResult | types.InputRequiredResult:
+            return await session.get_prompt(name, arguments, input_responses=ctx.input_responses,
+                                            request_state=ctx.request_state, allow_input_required=True)
 
         return await self._request(ctx, f"prompts/get {name}", send)
 
@@ -633,6 +687,22 @@ class McpUpstream(Upstream):
         for listener in self._notification_listeners:
             with contextlib.suppress(Exception):
                 await listener(self, message)
+
+
+async def _run_scoped(upstream: Upstream, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
+    """Run an upstream in a cancel scope of its own, handed to the starter once it has tried to connect."""
+    with anyio.CancelScope() as scope:
+        await upstream.run(task_status=_Relay(task_status, scope))
+
+
+class _Relay:
+    """A task status that reports a cancel scope when the upstream inside reports it has started."""
+
+    def __init__(self, outer: TaskStatus[anyio.CancelScope], scope: anyio.CancelScope) -> None:
+        self._outer, self._scope = outer, scope
+
+    def started(self, value: Any = None) -> None:
+        self._outer.started(self._scope)
 
 
 def _progress_to(ctx: CallContext) -> Callable[[float, float | None, str | None], Awaitable[None]]:

@@ -188,8 +188,10 @@ class PerConsumerUpstream(Upstream):
     async def call(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
         return await self._with_session(ctx, lambda up: up.call(name, arguments, ctx))
 
-    async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult:
+    async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult | types.InputRequiredResult:
         return await self._with_session(ctx, lambda up: up.read_resource(uri, ctx))
 
-    async def get_prompt(self, name: str, arguments: dict[str, str] | None, ctx: CallContext) -> types.GetPromptResult:
+    async def get_prompt(
+        self, name: str, arguments: dict[str, str] | None, ctx: CallContext
+    ) -> types.GetPromptResult | types.InputRequiredResult:
         return await self._with_session(ctx, lambda up: up.get_prompt(name, arguments, ctx))
