@@ -15,7 +15,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.config import GatewayConfig, parse_config
-from mcp_hub.core.calls import MAX_ROUNDS, CallAnswer, Caller, ToolRequest
+from mcp_hub.core.calls import MAX_ROUNDS, CallAnswer, Caller, ToolRequest, traceparent_of
 from mcp_hub.core.hub import Gateway
 from mcp_hub.core.service import RESOURCE_NOT_FOUND
 from mcp_hub.metering.observability import configure_logging
@@ -672,3 +672,15 @@ async def test_virtual_route_exposes_only_its_upstream(audit_log: Any) -> None:
         assert (await gw.service.get_prompt(route, admin, "greet", None)).messages
     assert b.received == [] and b.reads == [] and b.prompt_gets == []
     assert [(r.name, r.arguments) for r in a.received] == [("echo", {"text": "v"})]
+
+
+async def test_the_callers_trace_context_reaches_the_upstream() -> None:
+    """A well-formed W3C traceparent goes on in `_meta` and as an HTTP header; anything else is dropped."""
+    a, b = make_upstreams()
+    good = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    async with running_gateway(make_config(), [a, b]) as gw:
+        await call(gw, handshake_caller(DEV), "a__echo", {"text": "t"}, traceparent=good)
+        await call(gw, handshake_caller(DEV), "a__echo", {"text": "u"})
+    assert [(r.traceparent, (r.headers or {}).get("traceparent")) for r in a.received] == [(good, good), (None, None)]
+    assert traceparent_of("00-xyz\r\nX-Evil: 1", None, good) == good
+    assert traceparent_of("01-" + "0" * 40) is None

@@ -58,6 +58,8 @@ class Received:
     had_peer: bool
     # What the caller declared, as the upstream sees it (a 2026-07-28 upstream decides what to ask by it).
     client_capabilities: dict[str, Any] | None = None
+    traceparent: str | None = None
+    headers: dict[str, str] | None = None
 
 
 class MemoryUpstream(Upstream):
@@ -104,7 +106,8 @@ class MemoryUpstream(Upstream):
 
     async def call(self, name: str, arguments: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
         self.received.append(Received(name, arguments, ctx.input_responses, ctx.request_state, ctx.consumer.name,
-                                      ctx.peer is not None, ctx.client_capabilities))
+                                      ctx.peer is not None, ctx.client_capabilities, ctx.traceparent,
+                                      dict(ctx.headers)))
         steps = self.scripts.get(name)
         if not steps:
             return text_result(json.dumps({"upstream": self.name, "tool": name, "arguments": arguments}))

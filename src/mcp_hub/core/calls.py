@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,8 @@ class ToolRequest:
     # A 2026-07-28 caller answering this gateway's input requests of a call it started earlier.
     request_state: str | None = None
     input_responses: dict[str, Any] | None = None
+    # The caller's W3C trace context (`_meta.traceparent`, else its HTTP header), when well-formed.
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)
@@ -171,7 +174,8 @@ class ToolCalls:
             notify=_at_level(request.log_level, caller.notify),
             progress_token=request.progress_token,
             log_level=request.log_level,
-            headers=dict(caller.consumer.forwarded_claims),  # auth.claim_to_header, for HTTP upstreams
+            headers=_headers_for(caller, request),
+            traceparent=request.traceparent,
             access_token=caller.access_token,
             request_headers=caller.request_headers,
             client_capabilities=caller.capabilities,
@@ -297,6 +301,25 @@ def _at_level(level: str | None, notify: Notify | None) -> Notify | None:
         await notify(message)
 
     return forward
+
+
+TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def traceparent_of(*candidates: Any) -> str | None:
+    """The first well-formed W3C `traceparent` among the candidates (anything else is dropped, never sent on)."""
+    for value in candidates:
+        if isinstance(value, str) and TRACEPARENT.match(value):
+            return value
+    return None
+
+
+def _headers_for(caller: Caller, request: ToolRequest) -> dict[str, str]:
+    """Extra HTTP headers of the upstream request: `auth.claim_to_header`, and the caller's trace context."""
+    headers = dict(caller.consumer.forwarded_claims)
+    if request.traceparent is not None:
+        headers["traceparent"] = request.traceparent
+    return headers
 
 
 def _plain(responses: dict[str, Any] | None) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_hub import sdk_internals
 from mcp_hub.auth.identity import Consumer
-from mcp_hub.core.calls import LOG_LEVELS, CallAnswer, Caller, ToolRequest
+from mcp_hub.core.calls import LOG_LEVELS, CallAnswer, Caller, ToolRequest, traceparent_of
 from mcp_hub.core.hub import ACCESS_TOKEN_SCOPE_KEY, CONSUMER_SCOPE_KEY, DirectStats
 from mcp_hub.upstreams.base import DownstreamPeer
 
@@ -346,6 +346,7 @@ class DirectCalls:
         request = ToolRequest(
             name=params["name"], arguments=arguments, progress_token=meta.get("progressToken"),
             log_level=meta.get(LOG_LEVEL_META_KEY) if modern else session.log_level,
+            traceparent=traceparent_of(meta.get("traceparent"), _header(scope, b"traceparent")),
         )
         key = _hashable(request_id)
         answer: CallAnswer | None = None

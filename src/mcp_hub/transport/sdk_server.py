@@ -26,7 +26,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_hub import __version__, sdk_internals
 from mcp_hub.auth.identity import Consumer
-from mcp_hub.core.calls import Caller, ToolRequest
+from mcp_hub.core.calls import Caller, ToolRequest, traceparent_of
 from mcp_hub.core.hub import ACCESS_TOKEN_SCOPE_KEY, CONSUMER_SCOPE_KEY, Gateway, Route
 from mcp_hub.core.service import InputAnswers
 from mcp_hub.upstreams.base import DownstreamPeer
@@ -153,6 +153,7 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             name=params.name, arguments=params.arguments,
             progress_token=meta.get("progress_token", meta.get("progressToken")), log_level=_log_level(ctx),
             request_state=params.request_state, input_responses=_raw_responses(ctx),
+            traceparent=traceparent_of(meta.get("traceparent"), (ctx.headers or {}).get("traceparent")),
         )
         answer = await service.call_tool(route, caller(ctx), request)
         await answer.settle()

@@ -63,6 +63,8 @@ class CallContext:
     # The caller's verified token and request headers, for credentials that belong to the caller.
     access_token: Any = None
     request_headers: dict[str, str] | None = None
+    # The caller's W3C trace context, passed on in `_meta` and as an HTTP header.
+    traceparent: str | None = None
     # What the caller declared (its client capabilities and info, as JSON): a 2026-07-28 upstream sees them.
     client_capabilities: dict[str, Any] | None = None
     client_info: dict[str, Any] | None = None

@@ -520,6 +520,8 @@ class McpUpstream(Upstream):
                 meta[CLIENT_INFO_META_KEY] = ctx.client_info
             if ctx.log_level:
                 meta[LOG_LEVEL_META_KEY] = ctx.log_level
+        if ctx.traceparent is not None:
+            meta["traceparent"] = ctx.traceparent
         if ctx.progress_token is not None:
             meta["progressToken"] = ctx.progress_token
         extra: dict[str, Any] | None = None
@@ -561,8 +563,7 @@ class McpUpstream(Upstream):
         method = str(message.get("method"))
         params = message.get("params") if isinstance(message.get("params"), dict) else None
         if ctx.peer is None or not ctx.peer.supports(method):
-            return {"error": {"code": types.INVALID_REQUEST,
-                              "message": f"{method}: no caller of this gateway can answer it"}}
+            return {"error": {"code": types.INVALID_REQUEST, "message": _unsupported(method)}}
         try:
             return {"result": await ctx.peer.request(method, params)}
         except MCPError as exc:
@@ -570,9 +571,12 @@ class McpUpstream(Upstream):
 
     def _request_meta(self, ctx: CallContext) -> dict[str, Any] | None:
         # A 2026-07-28 upstream logs only to requests that opt in; pass the caller's opt-in along.
+        meta: dict[str, Any] = {}
         if ctx.log_level and self.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            return {LOG_LEVEL_META_KEY: ctx.log_level}
-        return None
+            meta[LOG_LEVEL_META_KEY] = ctx.log_level
+        if ctx.traceparent is not None:
+            meta["traceparent"] = ctx.traceparent
+        return meta or None
 
     async def read_resource(
         self, uri: str, ctx: CallContext
@@ -621,7 +625,7 @@ class McpUpstream(Upstream):
         """
         candidates = [f for f in self._inflight.values() if f.ctx.peer is not None and f.ctx.peer.supports(method)]
         if not candidates:
-            raise MCPError(code=types.INVALID_REQUEST, message=f"{method}: no caller of this gateway can answer it")
+            raise MCPError(code=types.INVALID_REQUEST, message=_unsupported(method))
         consumers = {f.ctx.consumer.name for f in candidates}
         if len(consumers) > 1:
             raise MCPError(
@@ -703,6 +707,16 @@ class _Relay:
 
     def started(self, value: Any = None) -> None:
         self._outer.started(self._scope)
+
+
+# What a client that did not declare the capability answers (the SDK client's words), so that the
+# upstream sees through the gateway what it would see talking to the caller directly.
+_UNSUPPORTED = {"sampling/createMessage": "Sampling not supported", "elicitation/create": "Elicitation not supported",
+                "roots/list": "List roots not supported"}
+
+
+def _unsupported(method: str) -> str:
+    return _UNSUPPORTED.get(method, f"{method}: not supported")
 
 
 def _progress_to(ctx: CallContext) -> Callable[[float, float | None, str | None], Awaitable[None]]:
