@@ -86,6 +86,29 @@ class HostGuard:
         await self.app(scope, receive, send)
 
 
+# Headers that carry a credential: a request that names one twice is ambiguous (different parsers of it
+# would take different values), so it is refused before anything reads it.
+CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
+
+
+class OneCredential:
+    """Refuses a request that carries a credential header more than once (400), on every route."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = [k for k, _ in scope.get("headers", ()) if k in CREDENTIAL_HEADERS]
+            if len(names) != len(set(names)):
+                twice = sorted({n.decode() for n in names if names.count(n) > 1})
+                await JSONResponse({"error": "invalid_request",
+                                    "error_description": f"the {', '.join(twice)} header is given more than once"},
+                                   status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class UpstreamTokenChallenge:
     """On a route whose upstream runs its own OAuth: a request without an Authorization token gets a 401
     whose metadata names the upstream's authorization server, so a client like Claude Code fetches the
@@ -196,7 +219,9 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
             finally:
                 tg.cancel_scope.cancel()
 
-    middleware = [Middleware(HostGuard, security=security)] if security is not None else []
+    middleware = [Middleware(OneCredential)]
+    if security is not None:
+        middleware.append(Middleware(HostGuard, security=security))
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 

@@ -24,6 +24,7 @@ import functools
 import itertools
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -202,7 +203,11 @@ class DirectCalls:
             return
         events, body = await _read_body(receive, self.max_body)
         replay = _replaying(events, receive)
-        message = _parse(body) if body is not None else None
+        try:
+            message = _parse(body) if body is not None else None
+        except NotStrictJson as exc:
+            await _parse_error(send, str(exc))
+            return
         if message is None:
             await self.app(scope, replay, send)
             return
@@ -376,6 +381,14 @@ async def _notification(reply: _Reply, message: dict[str, Any]) -> None:
     await reply.event({"jsonrpc": "2.0", **message})
 
 
+async def _parse_error(send: Send, why: str) -> None:
+    """A JSON-RPC parse error for a body the gateway refuses, answered as the SDK answers unparsable ones."""
+    body = _json({"jsonrpc": "2.0", "id": None, "error": {"code": types.PARSE_ERROR, "message": f"Parse error: {why}"}})
+    await send({"type": "http.response.start", "status": 400,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _message(request_id: Any, answer: CallAnswer, modern: bool, server: Any) -> dict[str, Any]:
     """The JSON-RPC response for a call's answer, in the caller's era, as the SDK's entry frames it."""
     if answer.error is not None:
@@ -520,10 +533,31 @@ def _replaying(events: list[Message], receive: Receive) -> Receive:
     return replay
 
 
+class NotStrictJson(ValueError):
+    """JSON the gateway refuses though Python's parser takes it: NaN or Infinity, or a lone surrogate."""
+
+
+def _no_constants(name: str) -> Any:
+    raise NotStrictJson(f"{name} is not a JSON number")
+
+
+# A \uD800-\uDFFF escape: only then can a decoded string hold a surrogate (a pair decodes into one character).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
 def _parse(body: bytes) -> dict[str, Any] | None:
+    """The JSON-RPC message of a POST body; None when it is not one (the SDK answers that), NotStrictJson
+    for input no other JSON parser would take, which would otherwise break the request later."""
     try:
-        message = json.loads(body)
+        message = json.loads(body, parse_constant=_no_constants)
+    except NotStrictJson:
+        raise
     except (ValueError, RecursionError):
         return None
+    if _SURROGATE_ESCAPE.search(body) is not None:
+        try:
+            json.dumps(message, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise NotStrictJson("a string holds a lone UTF-16 surrogate") from None
     return message if isinstance(message, dict) else None
 
