@@ -361,7 +361,8 @@ async def test_upstream_with_its_own_oauth_github_remote_pattern(tmp_path: Path)
                                "credentials": {"mode": "passthrough", "source_header": "Authorization"}}}
     cfg["servers"] = [{"path": "/mcp/github", "upstreams": ["gh"], "prefix": False,
                        "authorization_servers": [github_as]}]
-    cfg["groups"]["developer"]["tools"] = {"allow": ["whoami", "search_*"]}
+    # rules name tools canonically (`<upstream prefix>__<name>`, as on /mcp), whichever route serves them
+    cfg["groups"]["developer"]["tools"] = {"allow": ["gh__whoami", "gh__search_*"]}
     args = [sys.executable, "-m", "tests.servers.github_like", "--transport", "streamable-http", "--port", str(up_port)]
     with running(args, cwd=ROOT, log=tmp_path / "gh.log") as proc:
         wait_for_port(up_port, proc=proc)

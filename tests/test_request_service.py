@@ -654,8 +654,11 @@ async def test_virtual_route_exposes_only_its_upstream(audit_log: Any) -> None:
         assert sorted(str(r.uri) for r in await gw.service.list(route, admin, "resource")) == [
             "file:///a/readme", SHARED]
         assert [t.uri_template for t in await gw.service.list(route, admin, "template")] == ["note://{id}"]
-        # Names the ACL decides on are this route's exposed names: dev's `a__*` does not match them.
-        assert await gw.service.list(route, modern_caller(DEV), "tool") == []
+        # The ACL decides on canonical names (as on /mcp), the same on every route: dev's `a__*` allow and its
+        # `a__secret` deny hold on this unprefixed route too.
+        assert [t.name for t in await gw.service.list(route, modern_caller(DEV), "tool")] == ["echo", "ask", "slow"]
+        with pytest.raises(MCPError, match="^Unknown tool: secret$"):
+            await call(gw, modern_caller(DEV), "secret", {}, route="/mcp/a")
 
         assert json.loads(text_of(await call(gw, admin, "echo", {"text": "v"}, route="/mcp/a")))["upstream"] == "a"
         shared = await gw.service.read_resource(route, admin, SHARED)

@@ -54,10 +54,12 @@ def exposed_name(prefix: str, separator: str, name: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """Where an exposed item comes from."""
+    """Where an exposed item comes from, and its canonical name: the name it has under its upstream's prefix
+    (as on `/mcp`), the same on every route; the ACL decides on it."""
 
     upstream: str
     original: str
+    canonical: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +111,13 @@ class CatalogView:
 
     def resolve_tool(self, name: str) -> Target | None:
         entry = self.tools.get(name)
-        return Target("tool", name, entry[1].upstream, entry[1].original, entry[0]) if entry else None
+        return Target("tool", entry[1].canonical or name, entry[1].upstream, entry[1].original, entry[0]) \
+            if entry else None
 
     def resolve_prompt(self, name: str) -> Target | None:
         entry = self.prompts.get(name)
-        return Target("prompt", name, entry[1].upstream, entry[1].original, entry[0]) if entry else None
+        return Target("prompt", entry[1].canonical or name, entry[1].upstream, entry[1].original, entry[0]) \
+            if entry else None
 
     def resolve_uri(self, uri: str) -> Target | None:
         """The resource a URI addresses on this route: a listed resource, an `mcphub://<upstream>/<uri>` of
@@ -201,16 +205,20 @@ def build_view(
     catalogs: Sequence[tuple[str, str, UpstreamCatalog]],
     *,
     separator: str = "__",
+    prefixes: Mapping[str, str] | None = None,
 ) -> CatalogView:
-    """Merge (upstream name, prefix, catalog) triples into one view.
+    """Merge (upstream name, prefix on this route, catalog) triples into one view.
 
-    Collisions are recorded with both sources named; the entry seen first (upstreams in config
-    order) stays, so a running route never changes meaning under its clients.
+    `prefixes` gives each upstream's own prefix (the one it has on `/mcp`), which makes the canonical
+    names the ACL decides on; by default the route's prefix is it. Collisions are recorded with both
+    sources named; the entry seen first (upstreams in config order) stays, so a running route never
+    changes meaning under its clients.
     """
     view = CatalogView(version=version, upstream_names=frozenset(name for name, _, _ in catalogs))
     for upstream, prefix, catalog in catalogs:
-        _add_named(view, view.tools, "tool", catalog.tools, upstream, prefix, separator)
-        _add_named(view, view.prompts, "prompt", catalog.prompts, upstream, prefix, separator)
+        own = (prefixes or {}).get(upstream, prefix)
+        _add_named(view, view.tools, "tool", catalog.tools, upstream, prefix, separator, own)
+        _add_named(view, view.prompts, "prompt", catalog.prompts, upstream, prefix, separator, own)
         for template in catalog.resource_templates:
             try:
                 compiled: UriTemplate | None = UriTemplate.parse(template.uri_template)
@@ -248,17 +256,19 @@ def _add_named(
     upstream: str,
     prefix: str,
     separator: str,
+    own_prefix: str,
 ) -> None:
     """Add an upstream's tools or prompts under their exposed names; a taken name is a collision."""
     for item in items:
         name = exposed_name(prefix, separator, item.name)
+        canonical = name if own_prefix == prefix else exposed_name(own_prefix, separator, item.name)
         if name in index:
             other = index[name][1]
             view.collisions.append(
                 f"{kind} {name!r} is offered by {other.upstream}:{other.original} and {upstream}:{item.name}"
             )
             continue
-        index[name] = (_copy_named(item, name), Source(upstream, item.name))
+        index[name] = (_copy_named(item, name), Source(upstream, item.name, canonical))
 
 
 def names(items: Iterable[Any]) -> list[str]:

@@ -255,7 +255,8 @@ class Gateway:
                 if name in self.upstreams
             ]
             old = route.view
-            route.view = build_view(self._version, triples, separator=self.config.listen.separator)
+            route.view = build_view(self._version, triples, separator=self.config.listen.separator,
+                                    prefixes={name: self.prefix_of(name) for name, _, _ in triples})
             collisions += [f"{route.path}: {c}" for c in route.view.collisions]
             if notify:
                 self._notify_changes(route, old, route.view)

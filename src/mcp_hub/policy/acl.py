@@ -9,8 +9,8 @@ How a decision is made for a consumer, a kind (tool | resource | prompt) and an 
 
 Groups the config does not define contribute nothing. The consumer's groups are read in sorted
 order, so the result (and the rule reported) does not depend on the order of its groups.
-Patterns are shell globs matched case-sensitively (`fnmatchcase`) against exposed names
-(`time__get_current_time`), exposed prompt names, and resources' own URIs (as their upstream serves
+Patterns are shell globs matched case-sensitively (`fnmatchcase`) against canonical tool and prompt
+names (under the upstream's own prefix, `time__get_current_time`, on every route, unprefixed ones too), and resources' own URIs (as their upstream serves
 them, whichever form addresses them; `catalog.view.CatalogView.resolve_uri` gives that name).
 """
 
