@@ -14,6 +14,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from mcp_hub.auth.identity import Consumer
+from mcp_hub.catalog.view import UpstreamCatalog
 from mcp_hub.config import GatewayConfig, parse_config
 from mcp_hub.core.calls import MAX_ROUNDS, CallAnswer, Caller, ToolRequest, traceparent_of
 from mcp_hub.core.hub import Gateway
@@ -687,3 +688,26 @@ async def test_the_callers_trace_context_reaches_the_upstream() -> None:
     assert [(r.traceparent, (r.headers or {}).get("traceparent")) for r in a.received] == [(good, good), (None, None)]
     assert traceparent_of("00-xyz\r\nX-Evil: 1", None, good) == good
     assert traceparent_of("01-" + "0" * 40) is None
+
+
+class _PerConsumerMemory(MemoryUpstream):
+    """Lists its items only once a caller's session is open (as a per-consumer upstream does)."""
+
+    per_consumer = True
+
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        offer, self.offer = self.offer, UpstreamCatalog()
+        self._later = offer
+        await super().run(task_status=task_status)
+
+    async def prepare(self, ctx: Any) -> None:
+        self._set_catalog(self._later)
+
+
+async def test_a_per_consumer_upstreams_tool_can_be_called_before_any_listing() -> None:
+    a, b = make_upstreams()
+    own = _PerConsumerMemory("a", tools=[tool("echo", ECHO_SCHEMA)])
+    async with running_gateway(make_config(), [own, b]) as gw:
+        assert gw.routes["/mcp"].view.resolve_tool("a__echo") is None  # nothing listed yet
+        answer = await call(gw, handshake_caller(DEV), "a__echo", {"text": "first"})
+    assert json.loads(text_of(answer))["arguments"] == {"text": "first"}

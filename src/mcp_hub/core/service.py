@@ -83,6 +83,9 @@ class RequestService:
         return target
 
     async def call_tool(self, route: Route, caller: Caller, request: ToolRequest) -> CallAnswer:
+        if route.view.resolve_tool(request.name) is None:
+            # A per-consumer upstream lists its items once this caller's session is open: a call may come first.
+            await self.prepare(route, caller)
         return await self.calls.call(route, caller, request)
 
     async def get_prompt(
