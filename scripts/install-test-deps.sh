@@ -40,6 +40,9 @@ npm_pkgs=(
   "@modelcontextprotocol/server-everything@2026.8.31"
   "@modelcontextprotocol/inspector@1.0.3"
   "@modelcontextprotocol/conformance@0.1.16"
+  # why: the newest suite (the 2025-11-25 and 2026-07-28 requirement sets) beside the pinned 0.1.16,
+  # under an alias so both are installed; its executable is linked as .bin/conformance-next below
+  "conformance-next@npm:@modelcontextprotocol/conformance@0.2.0-alpha.12"
   "@anthropic-ai/claude-code@2.1.328"
   "oidc-provider@9.13.3"
   "@stoplight/prism-cli@5.16.0"
@@ -52,4 +55,7 @@ if [ ! -f "$stamp" ]; then
   (cd "$tools/npm" && npm install --silent --no-audit --no-fund "${npm_pkgs[@]}" >/dev/null)
   touch "$stamp"
 fi
+# why: both packages name their executable `conformance`; the 0.1.16 one keeps that name
+ln -sfn ../conformance-next/dist/index.js "$tools/npm/node_modules/.bin/conformance-next"
+ln -sfn ../@modelcontextprotocol/conformance/dist/index.js "$tools/npm/node_modules/.bin/conformance"
 log "done"

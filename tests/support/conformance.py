@@ -1,5 +1,10 @@
 """Run the MCP conformance suite (`conformance server`, @modelcontextprotocol/conformance) and read its checks.
 
+Two releases are installed side by side (scripts/install-test-deps.sh): the pinned 0.1.16 as
+`conformance`, and 0.2.0-alpha.12 as `conformance-next` (NEXT_TOOL), which knows the 2026-07-28
+scenarios and the frozen requirement sets (`--requirements 2025-11-25|2026-07-28`, see
+load_requirements).
+
 The suite writes one `server-<scenario>-<timestamp>/checks.json` per scenario into the output folder.
 The verdict per scenario comes from those checks, not from the exit code or the printed totals:
 
@@ -22,8 +27,11 @@ from typing import Any
 
 import yaml
 
-from tests.support.tools import ROOT, node22, node22_env, npm_tool
+from tests.support.tools import NPM_MODULES, ROOT, missing, node22, node22_env, npm_tool
 
+NEXT_TOOL = "conformance-next"
+"""The executable of @modelcontextprotocol/conformance 0.2.0-alpha.12 (installed under an npm alias)."""
+NEXT_PACKAGE = NPM_MODULES / "conformance-next"
 EXPECTED_FAILURES_FILE = ROOT / "tests" / "conformance-expected-failures.yml"
 # why: these scenarios are about an error result, so an isError inside their checks is the point
 ERROR_IS_EXPECTED = {"tools-call-error"}
@@ -50,6 +58,11 @@ class ConformanceResult:
     output: str = ""
 
     @property
+    def passing(self) -> set[str]:
+        """The scenarios whose verdict is "pass" (a "suspect" pass on an isError result is not one)."""
+        return {name for name, verdict in self.scenarios.items() if verdict == "pass"}
+
+    @property
     def unexpected_failures(self) -> list[str]:
         return sorted(n for n, s in self.scenarios.items() if s != "pass" and n not in self.expected_failures)
 
@@ -62,15 +75,48 @@ class ConformanceResult:
     def ok(self) -> bool:
         return bool(self.scenarios) and not self.unexpected_failures and not self.stale_expected_failures
 
-    def failure_report(self) -> str:
-        """The failing checks of the unexpected failures, for an assertion message."""
+    def failure_report(self, names: Iterable[str] | None = None) -> str:
+        """The failing checks of `names` (by default the unexpected failures), for an assertion message.
+
+        A scenario that wrote no checks says so; a "suspect" one shows the isError text it passed on.
+        """
         lines = []
-        for name in self.unexpected_failures:
-            lines.append(f"{name}: {self.scenarios[name]}")
-            for check in self.raw.get(name, []):
-                if check.get("status") in ("FAILURE", "WARNING") or _carries_error_result(check):
+        for name in self.unexpected_failures if names is None else sorted(names):
+            checks = self.raw.get(name)
+            lines.append(f"{name}: {self.scenarios.get(name, 'not run')}")
+            if not checks:
+                lines.append("  (no checks written: the scenario crashed, timed out or did not run)")
+            for check in checks or []:
+                if check.get("status") in ("FAILURE", "WARNING"):
                     lines.append(f"  {check.get('id')}: {check.get('status')} {check.get('errorMessage') or ''}")
+                elif _carries_error_result(check):
+                    lines.append(f"  {check.get('id')}: isError result {_error_text(check)}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class RequirementSet:
+    """The server scenarios a spec revision requires, as the suite's requirements/<revision>.yaml lists them."""
+
+    revision: str
+    scored: frozenset[str]
+    """Scenarios that count toward conformance to the revision."""
+    not_scored: dict[str, str]
+    """Scenarios run but not counted (extension, pending, added-after-release) -> the reason."""
+
+
+def load_requirements(revision: str, package: Path = NEXT_PACKAGE) -> RequirementSet:
+    """The server leg of `requirements/<revision>.yaml` in the installed suite (fails under CI if it is missing)."""
+    path = package / "requirements" / f"{revision}.yaml"
+    if not path.exists():
+        missing(f"the conformance requirement set {revision} ({path})")
+    data = yaml.safe_load(path.read_text()) or {}
+    not_scored = {
+        str(entry["scenario"]): str(entry.get("reason", ""))
+        for entry in data.get("not_scored") or []
+        if entry.get("leg") == "server"
+    }
+    return RequirementSet(revision, frozenset(str(s) for s in data.get("server") or []), not_scored)
 
 
 def load_expected_failures(path: Path = EXPECTED_FAILURES_FILE) -> set[str]:
@@ -88,6 +134,12 @@ def _carries_error_result(check: dict[str, Any]) -> bool:
         return False
     result = details.get("result")
     return isinstance(result, dict) and result.get("isError") is True
+
+
+def _error_text(check: dict[str, Any]) -> str:
+    content = check["details"]["result"].get("content") or []
+    texts = [str(c.get("text", "")) for c in content if isinstance(c, dict)]
+    return repr(" ".join(texts)[:300])
 
 
 def scenario_verdict(name: str, checks: list[dict[str, Any]]) -> str:
@@ -126,13 +178,18 @@ def run_conformance(
     scenario: str | None = None,
     suite: str | None = None,
     timeout: float = 180.0,
+    requirements: str | None = None,
+    tool: str = "conformance",
+    scenario_timeout_ms: int | None = None,
 ) -> ConformanceResult:
     """Run `conformance server --url URL -o OUT_DIR` (Node 22) and return per-scenario verdicts.
 
     `expected_failures` is a list of scenario names or a baseline YAML file; by default the project's
-    tests/conformance-expected-failures.yml (if it exists).
+    tests/conformance-expected-failures.yml (if it exists). `requirements` (e.g. "2026-07-28") runs
+    exactly the scenarios that revision requires, scored and not scored, at its wire format; it needs
+    `tool=NEXT_TOOL`. `scenario_timeout_ms` is the suite's own per-scenario limit (default 30 s).
     """
-    binary = npm_tool("conformance")
+    binary = npm_tool(tool)
     node22()  # why: under Node 20 the suite dies on a globSync import; fail or skip with the install hint
     if expected_failures is None:
         expected = load_expected_failures()
@@ -147,6 +204,10 @@ def run_conformance(
         args += ["--scenario", scenario]
     if suite:
         args += ["--suite", suite]
+    if requirements:
+        args += ["--requirements", requirements]
+    if scenario_timeout_ms is not None:
+        args += ["--timeout", str(scenario_timeout_ms)]
     proc = subprocess.run(args, env=node22_env(), capture_output=True, text=True, timeout=timeout, cwd=out_dir)
     output = proc.stdout + proc.stderr
     raw = parse_results(out_dir, output, ignore=before)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from mcp_hub.catalog.view import CatalogView, Target
 from mcp_hub.core.access import Access
 from mcp_hub.core.relay import Relay
 from mcp_hub.core.states import SealedStates
+from mcp_hub.core.tasks import Tasks, declares_tasks, for_upstream, is_task
 from mcp_hub.metering.meter import Meter
 from mcp_hub.metering.record import CallOutcome, CallRecord
 from mcp_hub.upstreams.base import CallContext, DownstreamPeer, Notify, Upstream, UpstreamUnavailable
@@ -105,6 +107,16 @@ class _Asking:
         self.result = result
 
 
+class _TaskMade:
+    """A task the upstream made for the call: the caller's CreateTaskResult; the call's record is the task's now
+    (settled when its final state is delivered: core/tasks.py)."""
+
+    __slots__ = ("result", "upstream", "started")
+
+    def __init__(self, result: dict[str, Any], upstream: str, started: float) -> None:
+        self.result, self.upstream, self.started = result, upstream, started
+
+
 class ToolCalls:
     """The gateway's tools/call service."""
 
@@ -112,6 +124,7 @@ class ToolCalls:
         self.gateway = gateway
         self.relay = Relay()
         self.states = SealedStates()
+        self.tasks = Tasks(gateway)
 
     @property
     def access(self) -> Access:
@@ -171,16 +184,18 @@ class ToolCalls:
         ctx = CallContext(
             consumer=caller.consumer,
             peer=None if caller.modern else caller.peer,
-            notify=_at_level(request.log_level, caller.notify),
+            notify=self.tasks.notifications(target.upstream, caller.consumer.name,
+                                            _at_level(request.log_level, caller.notify)),
             progress_token=request.progress_token,
             log_level=request.log_level,
             headers=_headers_for(caller, request),
             traceparent=request.traceparent,
             access_token=caller.access_token,
             request_headers=caller.request_headers,
-            client_capabilities=caller.capabilities,
+            client_capabilities=for_upstream(caller.capabilities, caller.modern),
             client_info=caller.client_info,
-            input_responses=request.input_responses if resumed else None,
+            # (a 2026-07-28 caller's answers go on as sent, with a state or without: the upstream judges them)
+            input_responses=request.input_responses if caller.modern else None,
             request_state=upstream_state,
         )
         outcome: Any
@@ -195,6 +210,8 @@ class ToolCalls:
                                                consumer=caller.consumer.name, route=route.path)
             else:
                 outcome = await self.rounds(upstream, target.original, request.arguments, ctx)
+            if is_task(outcome):
+                outcome = await self._task(upstream, outcome, route, caller, record, ctx, wait)
         except (UpstreamUnavailable, MCPError) as exc:
             outcome = exc
         except anyio.get_cancelled_exc_class():
@@ -241,6 +258,23 @@ class ToolCalls:
             return _Asking(ask.model_dump(by_alias=True, mode="json", exclude_none=True))
         return result
 
+    async def _task(
+        self, upstream: Upstream, created: dict[str, Any], route: Route, caller: Caller, record: CallRecord,
+        ctx: CallContext, wait: float,
+    ) -> _TaskMade | dict[str, Any]:
+        """An upstream's CreateTaskResult: the caller's task under the gateway's id; for a caller that does not
+        take tasks, the task's final result, waited for (its input requests put to a caller that takes them)."""
+        if declares_tasks(caller.capabilities, caller.modern):
+            result = await self.tasks.adopt(created, upstream=upstream.name, route=route.path, record=record)
+            return _TaskMade(result, upstream.name, record.started)
+        peer = ctx.peer
+
+        async def answer(requests: dict[str, Any]) -> dict[str, Any]:
+            asked = types.InputRequiredResult.model_validate({"inputRequests": requests}, by_name=False)
+            return await fulfil(asked, peer)
+
+        return await self.tasks.run_to_end(upstream, created, ctx, wait, answer if peer is not None else None)
+
     async def _outcome(self, record: CallRecord | None, outcome: Any) -> CallAnswer:
         """The answer for an outcome, with its settlement; `record` None: the relay's pending call owns it."""
         if isinstance(outcome, tuple):  # a relay step: (result or failure, ask, the pending call's record)
@@ -250,6 +284,8 @@ class ToolCalls:
             outcome = result
         if isinstance(outcome, _Asking):
             return CallAnswer(result=outcome.result)
+        if isinstance(outcome, _TaskMade):
+            return CallAnswer(result=outcome.result, settle=self._task_audit(record, outcome))
         if isinstance(outcome, UpstreamUnavailable):
             result = {"content": [{"type": "text", "text": str(outcome)}], "isError": True}
             return CallAnswer(result=result, settle=self._settler(record, CallOutcome.UNAVAILABLE, result=result))
@@ -265,6 +301,16 @@ class ToolCalls:
         else:
             kind = CallOutcome.ERROR_RESULT if outcome.get("isError") else CallOutcome.OK
         return CallAnswer(result=outcome, settle=self._settler(record, kind, result=outcome))
+
+    def _task_audit(self, record: CallRecord | None, made: _TaskMade) -> Callable[[], Awaitable[None]]:
+        """The audit line of a call that made a task (the call's own line, with its charge, comes at delivery)."""
+
+        async def audit() -> None:
+            if record is not None:
+                self.meter.audit_request(record.consumer, "tools/call", record.tool, made.upstream, "task_created",
+                                         (time.perf_counter() - made.started) * 1000)
+
+        return audit
 
     def _settler(self, record: CallRecord | None, outcome: CallOutcome, **kwargs: Any) -> Callable[[], Awaitable[None]]:
         if record is None:

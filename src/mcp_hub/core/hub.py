@@ -279,10 +279,11 @@ class Gateway:
         self.rebuild()
 
     def _notify_changes(self, route: Route, old: CatalogView, new: CatalogView) -> None:
-        changes: list[tuple[str, Callable[[CatalogView, Consumer], list[str]]]] = [
-            ("notifications/tools/list_changed", lambda v, c: [t.name for t in self.visible_tools(v, c)]),
-            ("notifications/prompts/list_changed", lambda v, c: [p.name for p in self.visible_prompts(v, c)]),
-            ("notifications/resources/list_changed", lambda v, c: [str(r.uri) for r in self.visible_resources(v, c)]),
+        # A list changed when any item of it did (a description, a schema), not only when names came or went.
+        changes: list[tuple[str, Callable[[CatalogView, Consumer], list[Any]]]] = [
+            ("notifications/tools/list_changed", self.visible_tools),
+            ("notifications/prompts/list_changed", self.visible_prompts),
+            ("notifications/resources/list_changed", self.visible_resources),
         ]
         for connection, consumer in list(route.connections.items()):
             for method, visible in changes:

@@ -20,6 +20,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_hub.catalog.view import Target
 from mcp_hub.core.calls import MAX_ROUNDS, CallAnswer, Caller, ToolCalls, ToolRequest, fulfil
+from mcp_hub.core.tasks import declares_tasks, missing_extension
 from mcp_hub.upstreams.base import CallContext, Upstream, UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -34,8 +35,9 @@ class InputAnswers:
 
     input_responses: dict[str, Any] | None
     request_state: str | None
-# JSON-RPC error code of an unknown resource (the MCP spec's).
-RESOURCE_NOT_FOUND = -32002
+# JSON-RPC error code of an unknown resource: Invalid Params, with the URI in `data` (SEP-2164; the
+# earlier -32002 is retired).
+RESOURCE_NOT_FOUND = types.INVALID_PARAMS
 
 
 class RequestService:
@@ -131,6 +133,33 @@ class RequestService:
             ctx = dataclasses.replace(ctx, input_responses=responses, request_state=result.request_state)
         raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {target.upstream!r} kept asking for input")
 
+    # -- tasks (the io.modelcontextprotocol/tasks extension: core/tasks.py) -------------------------
+
+    def serves_tasks(self, route: Route) -> bool:
+        """Whether the route serves tasks (and advertises the extension): an upstream of it does."""
+        return self.calls.tasks.route_serves(route.upstreams)
+
+    def _task_context(self, route: Route, caller: Caller, method: str) -> CallContext:
+        """A tasks/* request's context, once the route serves tasks and the caller declared the extension."""
+        if not self.serves_tasks(route):
+            raise MCPError(code=types.METHOD_NOT_FOUND, message="Method not found", data=method)
+        if not declares_tasks(caller.capabilities, caller.modern):
+            raise missing_extension(caller.modern)
+        return dataclasses.replace(context_for(caller), client_capabilities=caller.capabilities,
+                                   client_info=caller.client_info)
+
+    async def get_task(self, route: Route, caller: Caller, task_id: str) -> dict[str, Any]:
+        return await self.calls.tasks.get(route.path, self._task_context(route, caller, "tasks/get"), task_id)
+
+    async def update_task(
+        self, route: Route, caller: Caller, task_id: str, responses: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        ctx = self._task_context(route, caller, "tasks/update")
+        return await self.calls.tasks.update(route.path, ctx, task_id, responses)
+
+    async def cancel_task(self, route: Route, caller: Caller, task_id: str) -> dict[str, Any]:
+        return await self.calls.tasks.cancel(route.path, self._task_context(route, caller, "tasks/cancel"), task_id)
+
     def resolve_subscription(self, route: Route, caller: Caller, uri: str) -> Target:
         return self.admit_target(caller, "resources/subscribe", uri, route.view.resolve_uri(uri))
 
@@ -169,7 +198,7 @@ class RequestService:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await send(upstream)
+            return await send(await upstream.for_caller(caller.modern))
         except UpstreamUnavailable as exc:
             outcome = "unavailable"
             raise MCPError(code=types.INTERNAL_ERROR, message=str(exc)) from None

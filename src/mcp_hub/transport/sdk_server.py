@@ -153,7 +153,7 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             name=params.name, arguments=params.arguments,
             progress_token=meta.get("progress_token", meta.get("progressToken")), log_level=_log_level(ctx),
             request_state=params.request_state, input_responses=_raw_responses(ctx),
-            traceparent=traceparent_of(meta.get("traceparent"), (ctx.headers or {}).get("traceparent")),
+            traceparent=traceparent_of(meta.get("traceparent"), _header(ctx, b"traceparent")),
         )
         answer = await service.call_tool(route, caller(ctx), request)
         await answer.settle()
@@ -274,6 +274,15 @@ def _listing_cache(gateway: Gateway, route: Route, server: Server[Any], caller: 
         return result
 
     return middleware
+
+
+def _header(ctx: ServerRequestContext[Any, Any], name: bytes) -> str | None:
+    """One header of the HTTP request behind a handler's request (None over stdio)."""
+    scope = getattr(ctx.request, "scope", None) or {}
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _raw_responses(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any] | None:
