@@ -37,13 +37,14 @@ def _demo(port: int, tmp: Path, name: str) -> Any:
 
 @pytest.fixture(scope="module", params=["auto", "legacy"], ids=["modern-upstream", "handshake-upstream"])
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The demo upstream spoken to in 2026-07-28 (protocol: auto) or on a handshake-era session (legacy)."""
+    """The demo upstream spoken to in 2026-07-28 (protocol: auto) or on a handshake-era session (legacy), by
+    callers of either era (match_caller_era off: the bridges between eras are what these tests exercise)."""
     tmp = tmp_path_factory.mktemp("direct")
     port = free_port()
     with _demo(port, tmp, "up") as proc:
         wait_for_port(port, proc=proc)
         upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp", "call_timeout": 3,
-                    "protocol": request.param}
+                    "protocol": request.param, "match_caller_era": False}
         policy = {"default_acl": "allow", "groups": {}, "consumers": {}}
         fast_cfg = {"upstreams": {"up": upstream}, **policy}
         sdk_cfg = {"upstreams": {"up": upstream}, "listen": {"direct_calls": False}, **policy}
@@ -426,7 +427,7 @@ def test_wire_pool_leaves_proxied_urls_to_httpx(monkeypatch: pytest.MonkeyPatch)
 async def test_stateless_route_serves_calls_directly(pair: dict[str, Any]) -> None:
     """listen.stateless: no session to check, no back channel; calls and progress work as on the SDK path."""
     upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{pair['port']}/mcp",
-                "protocol": pair["upstream"]}
+                "protocol": pair["upstream"], "match_caller_era": False}
     with run_gateway({"upstreams": {"up": upstream}, "listen": {"stateless": True}}, pair["tmp"],
                      wait_healthy=True, name="stateless") as gw:
         progress: list[float] = []
@@ -507,7 +508,7 @@ def test_cancellation_reaches_the_upstream(
     notifications/cancelled on a handshake-era session) and the call is recorded as cancelled."""
     marker, port = probe
     config = {"upstreams": {"probe": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp",
-                                      "protocol": upstream_protocol}}}
+                                      "protocol": upstream_protocol, "match_caller_era": False}}}
     with run_gateway(config, tmp_path, wait_healthy=True) as gw, httpx2.Client(timeout=10) as http:
         caller, headers = _start_probe_call(gw, era, 30, http)
         with caller:
@@ -568,7 +569,7 @@ async def test_another_credential_cannot_steer_a_sessions_call(tmp_path: Path, p
 
     (alice, alice_sha), (bob, bob_sha) = new_api_key(), new_api_key()
     upstream = {"transport": "streamable-http", "url": f"http://127.0.0.1:{pair['port']}/mcp",
-                "protocol": pair["upstream"]}
+                "protocol": pair["upstream"], "match_caller_era": False}
     config = {"upstreams": {"up": upstream},
               "auth": {"mode": "api_key", "api_keys": [{"consumer": "alice", "sha256": alice_sha},
                                                        {"consumer": "bob", "sha256": bob_sha}]}}

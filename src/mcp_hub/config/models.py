@@ -25,7 +25,14 @@ class _UpstreamCommon(_Model):
     )
     protocol: Literal["auto", "legacy", "2026-07-28"] = Field(
         default="auto",
-        description="auto probes 2026-07-28 and falls back to the initialize handshake; legacy forces it.",
+        description="The era of the gateway's own session: auto probes 2026-07-28 and falls back to the initialize "
+        "handshake; legacy forces the handshake; 2026-07-28 forces per-request envelopes.",
+    )
+    match_caller_era: bool = Field(
+        default=True,
+        description="Talk to an HTTP upstream in each caller's era where the server speaks it (a second session of "
+        "the other era, opened on first use); false sends every call in `protocol`'s era and bridges the other "
+        "era's callers (input_required rounds for handshake callers, relayed mid-call requests for 2026-07-28 ones).",
     )
     connect_timeout: float = Field(default=30.0, gt=0, description="Seconds to connect and list the catalog.")
     call_timeout: float = Field(default=300.0, gt=0, description="Seconds a call may take before it fails.")

@@ -19,6 +19,7 @@ from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types import LOG_LEVEL_META_KEY, SERVER_INFO_META_KEY
 from mcp_types import methods as _methods
@@ -29,6 +30,7 @@ from mcp_hub.auth.identity import Consumer
 from mcp_hub.core.calls import Caller, ToolRequest, traceparent_of
 from mcp_hub.core.hub import ACCESS_TOKEN_SCOPE_KEY, CONSUMER_SCOPE_KEY, Gateway, Route
 from mcp_hub.core.service import InputAnswers
+from mcp_hub.core.tasks import TASKS_EXTENSION
 from mcp_hub.upstreams.base import DownstreamPeer
 
 # Server-to-client requests the gateway relays, with their models and the capability each needs.
@@ -89,7 +91,25 @@ class _Peer(DownstreamPeer):
 
 
 class _HubServer(Server[Any]):
-    """An SDK server that advertises list_changed for everything (the catalog is dynamic)."""
+    """An SDK server that advertises list_changed for everything (the catalog is dynamic), and the extensions
+    its route serves at the moment (`route_extensions`)."""
+
+    route_extensions: Any = None
+
+    def get_capabilities(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+        *,
+        protocol_version: str | None = None,
+    ) -> types.ServerCapabilities:
+        current = dict(extensions if extensions is not None else self.extensions)
+        if self.route_extensions is not None:
+            current.update(self.route_extensions())
+        return super().get_capabilities(notification_options, experimental_capabilities,
+                                        current if current or extensions is not None else None,
+                                        protocol_version=protocol_version)
 
     def create_initialization_options(
         self,
@@ -123,6 +143,8 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
         scope = getattr(ctx.request, "scope", None) or {}
         peer = _Peer(ctx)
         declared = connection.client_params if connection is not None else None
+        # What the client declared: the handshake's, or this 2026-07-28 request's envelope (client info optional).
+        capabilities = connection.client_capabilities if connection is not None else None
         return Caller(
             consumer=consumer,
             modern=ctx.protocol_version in MODERN_PROTOCOL_VERSIONS,
@@ -131,7 +153,7 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             notify=peer.notify,
             access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY),
             request_headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())},
-            capabilities=_dump(declared.capabilities) if declared is not None else None,
+            capabilities=_dump(capabilities),
             client_info=_dump(declared.client_info) if declared is not None else None,
         )
 
@@ -209,6 +231,18 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             route.listeners[key] = (bus, ListenHandler(bus), consumer)
         return await route.listeners[key][1](ctx, params)
 
+    async def get_task(ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        _check_task_name(ctx, params.task_id)
+        return await service.get_task(route, caller(ctx), params.task_id)
+
+    async def update_task(ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        _check_task_name(ctx, params.task_id)
+        return await service.update_task(route, caller(ctx), params.task_id, _raw_responses(ctx))
+
+    async def cancel_task(ctx: ServerRequestContext[Any, Any], params: TaskParams) -> dict[str, Any]:
+        _check_task_name(ctx, params.task_id)
+        return await service.cancel_task(route, caller(ctx), params.task_id)
+
     async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> types.EmptyResult:
         connection = sdk_internals.connection_of(ctx.session)
         if connection is not None:
@@ -234,6 +268,11 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
         on_subscriptions_listen=listen,
     )
     server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
+    # The tasks extension (core/tasks.py): served, and advertised, while an upstream of the route serves it.
+    server.add_request_handler("tasks/get", TaskParams, get_task)
+    server.add_request_handler("tasks/update", TaskParams, update_task)
+    server.add_request_handler("tasks/cancel", TaskParams, cancel_task)
+    server.route_extensions = lambda: {TASKS_EXTENSION: {}} if service.serves_tasks(route) else {}
     # The SDK's default OpenTelemetry middleware costs ~10% of a relayed call even with no exporter;
     # in its place, listings served from a cache of their wire form.
     server.middleware = [_listing_cache(gateway, route, server, caller)]
@@ -274,6 +313,19 @@ def _listing_cache(gateway: Gateway, route: Route, server: Server[Any], caller: 
         return result
 
     return middleware
+
+
+class TaskParams(types.RequestParams):
+    """The params of tasks/get, tasks/update and tasks/cancel (tasks/update's `inputResponses` are read raw)."""
+
+    task_id: str
+
+
+def _check_task_name(ctx: ServerRequestContext[Any, Any], task_id: str) -> None:
+    """SEP-2663 routing header: an `Mcp-Name` naming another task than the body's is refused (-32020)."""
+    name = _header(ctx, MCP_NAME_HEADER.encode())
+    if name is not None and decode_header_value(name) != task_id:
+        raise MCPError(code=types.HEADER_MISMATCH, message="Mcp-Name header does not match params.taskId")
 
 
 def _header(ctx: ServerRequestContext[Any, Any], name: bytes) -> str | None:

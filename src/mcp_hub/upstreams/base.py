@@ -132,6 +132,17 @@ class Upstream(ABC):
         `resultType: input_required`), as JSON. UpstreamUnavailable when it cannot answer, MCPError for
         its JSON-RPC errors."""
 
+    async def request(self, method: str, params: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
+        """One JSON-RPC request of a method this interface has no call for (an extension's, e.g. `tasks/get`),
+        sent in the era of this channel to the upstream: the raw result. UpstreamUnavailable when it cannot
+        answer, MCPError for its JSON-RPC error."""
+        raise UpstreamUnavailable(f"upstream {self.name!r} serves no {method}")
+
+    @property
+    def extensions(self) -> dict[str, dict[str, Any]]:
+        """The extensions (SEP-2133) the upstream advertises, identifier -> settings, on the connection held to it."""
+        return {}
+
     async def read_resource(self, uri: str, ctx: CallContext) -> types.ReadResourceResult | types.InputRequiredResult:
         raise UpstreamUnavailable(f"upstream {self.name!r} serves no resources")
 

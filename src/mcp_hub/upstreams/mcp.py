@@ -28,7 +28,15 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import listen
+from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import (
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
+    MCP_PROTOCOL_VERSION_HEADER,
+    NAME_BEARING_METHODS,
+    encode_header_value,
+)
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.subscriptions import (
     PromptsListChanged,
@@ -67,8 +75,10 @@ _PAGE_CAP = 200  # a paginator that never ends cannot hang a refresh
 # Idle connections are dropped well before common servers' keep-alive timeouts (uvicorn: 5 s): reusing
 # one the server is closing fails that POST, and the SDK's transport then ends the whole session.
 UPSTREAM_LIMITS = httpx2.Limits(max_connections=512, max_keepalive_connections=64, keepalive_expiry=2.0)
-# How long to wait before trying again to open a handshake-era session a server refused.
+# How long to wait before trying again to open a session in an era the server refused.
 HANDSHAKE_RETRY = 60.0
+# The params key a 2026-07-28 request's `Mcp-Name` header mirrors, beyond the SDK's own (SEP-2663: tasks/*).
+NAME_PARAMS = {**NAME_BEARING_METHODS, "tasks/get": "taskId", "tasks/update": "taskId", "tasks/cancel": "taskId"}
 
 
 HeaderSource = Callable[[], Awaitable[dict[str, str]]]
@@ -137,11 +147,10 @@ class McpUpstream(Upstream):
         self._upstream_session: str | None = None
         # Set while connected over Streamable HTTP (either era): the gateway's direct call path.
         self.direct: DirectChannel | None = None
-        # protocol auto, reached in 2026-07-28: a handshake-era session of the same server, opened for the
-        # first handshake-era caller (servers of that era ask mid-call; see `for_caller`).
-        self._handshake: McpUpstream | None = None
-        self._handshake_lock = anyio.Lock()
-        self._handshake_retry_at = 0.0
+        # A session of the same server in the other era, for callers of that era (see `for_caller`).
+        self._twin: McpUpstream | None = None
+        self._twin_lock = anyio.Lock()
+        self._twin_retry_at = 0.0
         self._tg: anyio.abc.TaskGroup | None = None
 
     def health(self) -> dict[str, Any]:
@@ -149,30 +158,33 @@ class McpUpstream(Upstream):
         out["connects"] = self.connects
         if self.protocol_version:
             out["protocol"] = self.protocol_version
-        if self._handshake is not None:
-            out["handshake_session"] = self._handshake.state.value
+        if self._twin is not None:
+            out["caller_era_session"] = {"protocol": self._twin.protocol_version, "state": self._twin.state.value}
         return out
 
     async def for_caller(self, modern: bool) -> Upstream:
-        """The channel that speaks the caller's era: this connection, or for a handshake-era caller of an
-        upstream reached in 2026-07-28 under `protocol: auto`, a handshake-era session of the same server
-        (opened on first use; if the server does not take one, this connection, whose input_required rounds
-        the gateway then puts to the caller)."""
-        if (modern or self.config.protocol != "auto" or self.asks_mid_call or self._tg is None
+        """The channel that speaks the caller's era: this connection when it does; else (HTTP upstreams, with
+        `match_caller_era`) a session of the same server in the caller's era, opened on first use. A server
+        that does not take one is asked again after HANDSHAKE_RETRY; meanwhile this connection serves and
+        the gateway bridges the eras."""
+        if (self._tg is None or not self.config.match_caller_era or self.protocol_version is None
                 or isinstance(self.config, StdioUpstreamConfig)):  # a second process would split the server's state
             return self
-        async with self._handshake_lock:
-            if self._handshake is None and anyio.current_time() >= self._handshake_retry_at:
-                twin = McpUpstream(self.name, self.config.model_copy(update={"protocol": "legacy"}),
+        if modern == (self.protocol_version in MODERN_PROTOCOL_VERSIONS):
+            return self
+        async with self._twin_lock:
+            if self._twin is None and anyio.current_time() >= self._twin_retry_at:
+                era = "2026-07-28" if modern else "legacy"
+                twin = McpUpstream(self.name, self.config.model_copy(update={"protocol": era}),
                                    http_client=self._http_client)
                 twin.credential_headers = self.credential_headers
                 scope = await self._tg.start(_run_scoped, twin)
                 if twin.state == UpstreamState.UP:
-                    self._handshake = twin
-                else:  # the server takes no handshake: ask again in a while, not on every call
+                    self._twin = twin
+                else:  # the server does not speak that era: bridge, and ask again in a while, not on every call
                     scope.cancel()
-                    self._handshake_retry_at = anyio.current_time() + HANDSHAKE_RETRY
-        twin = self._handshake
+                    self._twin_retry_at = anyio.current_time() + HANDSHAKE_RETRY
+        twin = self._twin
         return twin if twin is not None and twin.state == UpstreamState.UP else self
 
     # -- connection lifecycle -------------------------------------------------------------------
@@ -324,7 +336,7 @@ class McpUpstream(Upstream):
                 await self._run(task_status)
             finally:
                 self._tg = None
-                self._handshake = None
+                self._twin = None
                 tg.cancel_scope.cancel()
 
     async def _run(self, task_status: TaskStatus[None]) -> None:
@@ -554,9 +566,52 @@ class McpUpstream(Upstream):
         result = message.get("result")
         if not isinstance(result, dict):
             raise MCPError(code=types.INTERNAL_ERROR, message=f"upstream {self.name!r} sent no result")
-        if result.get("resultType") != "input_required":
+        if result.get("resultType") not in ("input_required", "task"):  # a task's result comes with tasks/get
             channel.check_output(name, result)
         return result
+
+    @property
+    def extensions(self) -> dict[str, dict[str, Any]]:
+        capabilities = self.capabilities
+        return dict(capabilities.extensions or {}) if capabilities is not None else {}
+
+    async def request(self, method: str, params: dict[str, Any] | None, ctx: CallContext) -> dict[str, Any]:
+        """Any other JSON-RPC request on the connection held to the upstream, framed for its era: a 2026-07-28
+        request carries the envelope (with what the caller declared, like a call on the direct channel) and
+        its routing headers; a handshake-era one rides the session. The raw result comes back."""
+        session = self._require_session()
+        dispatcher = self._dispatcher
+        version = session.protocol_version or self.protocol_version
+        if dispatcher is None or version is None:
+            raise UpstreamUnavailable(f"upstream {self.name!r} is {self.state.value}")
+        body = dict(params or {})
+        meta: dict[str, Any] = dict(body.get("_meta") or {})
+        headers = {MCP_PROTOCOL_VERSION_HEADER: version}
+        if version in MODERN_PROTOCOL_VERSIONS:
+            capabilities = ctx.client_capabilities
+            if capabilities is None:
+                own = sdk_internals.client_capabilities(session, version)
+                capabilities = own.model_dump(by_alias=True, mode="json", exclude_none=True) if own else {}
+            meta[PROTOCOL_VERSION_META_KEY] = version
+            meta[CLIENT_INFO_META_KEY] = ctx.client_info or CLIENT_INFO.model_dump(
+                by_alias=True, mode="json", exclude_none=True)
+            meta[CLIENT_CAPABILITIES_META_KEY] = capabilities
+            if ctx.log_level:
+                meta[LOG_LEVEL_META_KEY] = ctx.log_level
+            headers[MCP_METHOD_HEADER] = method
+            name = body.get(NAME_PARAMS.get(method, ""))
+            if isinstance(name, str):
+                headers[MCP_NAME_HEADER] = encode_header_value(name)
+        if ctx.traceparent is not None:
+            meta["traceparent"] = ctx.traceparent
+        if meta:
+            body["_meta"] = meta
+        opts: CallOptions = {"headers": headers}
+
+        async def send(_: ClientSession) -> dict[str, Any]:
+            return await dispatcher.send_raw_request(method, body, opts)
+
+        return await self._request(ctx, method, send)
 
     async def _answer_for(self, ctx: CallContext, message: dict[str, Any]) -> dict[str, Any]:
         """A handshake-era upstream's request mid-call on the direct path, put to the call's own caller."""
@@ -737,15 +792,39 @@ def _progress_to(ctx: CallContext) -> Callable[[float, float | None, str | None]
 
 
 def _describe(exc: BaseException) -> str:
-    """A one-line reason for an exception, unwrapping exception groups."""
+    """A one-line reason for an exception, unwrapping exception groups.
+
+    It names what failed, never a secret: the command of a stdio upstream that cannot be started,
+    and the URL of an HTTP upstream that cannot be reached, without user, password, query or fragment.
+    """
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, MCPError):
         return f"MCP error {exc.error.code}: {exc.error.message}"
-    if isinstance(exc, FileNotFoundError):
-        return f"command not found: {exc.filename or exc}"
-    if isinstance(exc, httpx2.ConnectError):
-        return f"cannot connect: {exc}"
+    if isinstance(exc, FileNotFoundError | PermissionError | NotADirectoryError):
+        # uvloop raises without the file name: the stdio parameters are found in the failed call's frames.
+        params: StdioServerParameters | None = None
+        frame = exc.__traceback__
+        while frame is not None and params is None:
+            params = next((v for v in frame.tb_frame.f_locals.values() if isinstance(v, StdioServerParameters)), None)
+            frame = frame.tb_next
+        if params is not None and params.cwd and not os.path.isdir(params.cwd):
+            return f"working folder {params.cwd} (cwd) does not exist"
+        command = params.command if params is not None else exc.filename
+        if command is None:
+            return f"cannot start the command: {exc.strerror or exc}"
+        if isinstance(exc, PermissionError):
+            return f"command {command} cannot be run: permission denied"
+        return f"command not found: {command} (not on PATH and no such file; install it or fix `command`)"
+    if isinstance(exc, httpx2.RequestError):
+        try:
+            url = str(exc.request.url.copy_with(username=None, password=None, query=None, fragment=None))
+        except RuntimeError:  # raised before a request existed
+            url = None
+        where = f" {url}" if url else ""
+        if isinstance(exc, httpx2.ConnectError):
+            return f"cannot connect to{where}: {exc}" if where else f"cannot connect: {exc}"
+        return f"{type(exc).__name__} from{where}: {exc}" if where else f"{type(exc).__name__}: {exc}"
     if isinstance(exc, TimeoutError):
         return "timed out while connecting"
     text = str(exc) or type(exc).__name__
