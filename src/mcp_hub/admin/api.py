@@ -21,16 +21,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
-import socket
+import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
-import anyio.to_thread
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -43,10 +40,13 @@ from mcp_hub.config import AdminConfig, ConfigError, OpenAPIUpstreamConfig, form
 from mcp_hub.core.hub import ALL_ROUTE, CONSUMER_SCOPE_KEY, Gateway
 from mcp_hub.core.reload import reload_checked
 from mcp_hub.policy.limits import limits_for
+from mcp_hub.upstreams.openapi.urls import URLRefused, check_host
+from mcp_hub.upstreams.openapi.urls import check_url as allowed_url
 
 logger = logging.getLogger(__name__)
 
 ADMIN_SCOPE_KEY = "mcp_hub.admin"
+_URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 KINDS = ("tool", "prompt", "resource")
 
 
@@ -184,58 +184,22 @@ def registry_of(gateway: Gateway) -> OpenAPIRegistry | None:
 # --- runtime OpenAPI registration ----------------------------------------------------------------
 
 
-def _under(prefix: str, url: str) -> bool:
-    p, u = urlsplit(prefix), urlsplit(url)
-    if (p.scheme.lower(), (p.hostname or "").lower(), p.port) != (u.scheme.lower(), (u.hostname or "").lower(), u.port):
-        return False
-    base = p.path.rstrip("/")
-    return not base or u.path == base or u.path.startswith(base + "/")
+def refusal(exc: URLRefused) -> AdminError:
+    """The admin API's answer to a URL the allow-list rule refused: the key and the reason, no URL."""
+    return AdminError(exc.status, exc.code, str(exc))
 
 
-def _is_internal(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return ip.is_loopback or ip.is_link_local or ip.is_unspecified
-
-
-def _literal_internal_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
+async def check_url(url: str, prefixes: list[str], what: str) -> str:
+    """`url` in normalized form (the one to store and request) if the allow-list rule puts it under one
+    of `prefixes` (see `upstreams.openapi.urls`); a host name that resolves to a loopback or link-local
+    address is refused unless the URL or the matching prefix names such a host literally."""
+    listed = "admin.allowed_spec_urls" if what == "spec" else "admin.allowed_base_urls"
     try:
-        return _is_internal(host.strip("[]"))
-    except ValueError:
-        return False
-
-
-async def check_url(url: str, prefixes: list[str], what: str) -> None:
-    """Refuse `url` unless it lies under one of `prefixes`; a host name that resolves to a loopback or
-    link-local address is refused unless the matching prefix names such a host literally."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0-65535
-    except ValueError:
-        raise AdminError(422, "invalid_url", f"{what} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise AdminError(422, "invalid_url", f"{what} must be an http:// or https:// URL")
-    if parts.username or parts.password:
-        raise AdminError(422, "invalid_url", f"{what} must not carry credentials (user:password@)")
-    matching = [p for p in prefixes if _under(p, url)]
-    if not matching:
-        shown = f"{parts.scheme}://{parts.netloc}{parts.path}"
-        raise AdminError(403, "url_not_allowed",
-                         f"{what} {shown} is not under any of admin.allowed_base_urls"
-                         + (" / admin.allowed_spec_urls" if what == "spec" else ""),
-                         allowed=prefixes)
-    host = parts.hostname
-    if _literal_internal_host(host) or any(_literal_internal_host(urlsplit(p).hostname or "") for p in matching):
-        return  # named literally by the operator: allowed on purpose
-    try:
-        infos = await anyio.to_thread.run_sync(lambda: socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM))
-    except OSError as exc:
-        raise AdminError(422, "unresolvable_host", f"{what} host {host!r} does not resolve: {exc.strerror}") from None
-    if any(_is_internal(str(info[4][0])) for info in infos):
-        raise AdminError(403, "url_not_allowed",
-                         f"{what} host {host!r} resolves to a loopback or link-local address; "
-                         "list such an address literally in admin.allowed_base_urls to allow it")
+        checked = allowed_url(url, prefixes, what, listed=listed)
+        await check_host(checked, prefixes, what, listed=listed)
+    except URLRefused as exc:
+        raise refusal(exc) from None
+    return checked
 
 
 def _check_spec_path(spec: str, config: AdminConfig, config_path: str | None) -> None:
@@ -397,6 +361,16 @@ class AdminAPI:
         body = {k: v for k, v in body.items() if k != "created_at"}
         try:
             registration = Registration.model_validate(body)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        # The URLs first, by the allow-list rule; what is kept (and requested) is their normalized form.
+        if registration.spec is not None and _URL_LIKE.match(registration.spec):  # any scheme: only http(s) passes
+            spec = await check_url(registration.spec, config.spec_url_prefixes(), "spec")
+            registration = registration.model_copy(update={"spec": spec})
+        if registration.base_url is not None:
+            base_url = await check_url(registration.base_url, config.allowed_base_urls, "base_url")
+            registration = registration.model_copy(update={"base_url": base_url})
+        try:
             OpenAPIUpstreamConfig.model_validate(registration.upstream_config("document.json"))
         except ValidationError as exc:
             raise _validation_error(exc) from None
@@ -406,15 +380,10 @@ class AdminAPI:
         unknown = [r for r in registration.routes if r not in gateway.routes]
         if unknown:
             raise AdminError(422, "unknown_route", f"no route {unknown[0]!r}; routes: {', '.join(gateway.routes)}")
-        if registration.spec is not None:
-            if "://" in registration.spec:
-                await check_url(registration.spec, config.spec_url_prefixes(), "spec")
-            else:
-                _check_spec_path(registration.spec, config, gateway.config_path)
-                base = Path(gateway.config_path).parent if gateway.config_path else Path.cwd()
-                registration = registration.model_copy(update={"spec": str((base / registration.spec).resolve())})
-        if registration.base_url is not None:
-            await check_url(registration.base_url, config.allowed_base_urls, "base_url")
+        if registration.spec is not None and not _URL_LIKE.match(registration.spec):
+            _check_spec_path(registration.spec, config, gateway.config_path)
+            base = Path(gateway.config_path).parent if gateway.config_path else Path.cwd()
+            registration = registration.model_copy(update={"spec": str((base / registration.spec).resolve())})
         registry.configure(config, gateway.config_path)
         upstream = registry.build(registration)
         registry.registrations[name] = registration  # before starting: a reload meanwhile must keep it
@@ -424,8 +393,13 @@ class AdminAPI:
             registry.registrations.pop(name, None)
             raise
         if upstream.state.value != "up":
+            refused = getattr(upstream, "refusal", None)
             reason = upstream.last_error or upstream.state.value
             self._drop(name)
+            if isinstance(refused, URLRefused):
+                # A URL of the document (servers, a $ref, a paths key) is outside the allow-lists.
+                raise refusal(refused)
+            # A registered upstream's error names the kind of problem, never the document's text.
             raise AdminError(422, "upstream_failed", f"the API could not be loaded: {reason}")
         try:
             await registry.store.save(registration)

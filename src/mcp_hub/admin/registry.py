@@ -36,8 +36,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from mcp_hub.config import NAME_PATTERN
 from mcp_hub.core.reload import ConfigSourceError
 from mcp_hub.upstreams.base import Upstream
-from mcp_hub.upstreams.openapi import DocumentError, OpenAPIUpstream, OpenAPIUpstreamConfig
-from mcp_hub.upstreams.openapi.upstream import prefix_allows
+from mcp_hub.upstreams.openapi import OpenAPIUpstream, OpenAPIUpstreamConfig
+from mcp_hub.upstreams.openapi.urls import URLRefused, check_url
 
 logger = logging.getLogger(__name__)
 
@@ -343,19 +343,21 @@ class OpenAPIRegistry:
         self.allowed_spec_urls = list(admin.spec_url_prefixes())
         self.spec_dirs = [(base / d).resolve() for d in admin.spec_dirs]
 
-    def ref_guard(self, uri: str) -> None:
-        """Refuse a document a registered document refers to unless it is under an allowed URL prefix
-        or in an allowed folder: a registration must not make the gateway read internal URLs or files."""
+    def ref_guard(self, uri: str, what: str = "$ref") -> str:
+        """Refuse (`URLRefused`) a document a registered document is, or refers to, unless it is under
+        an allowed URL prefix or in an allowed folder: a registration must not make the gateway read
+        internal URLs or files. Returns the URI to read (a URL in its normalized form).
+
+        The refusal names the key and the reason only: the URI may come from the document."""
         if uri.startswith("file:"):
             path = Path(url2pathname(urlsplit(uri).path)).resolve()
             if self._spec_dir is not None and path.is_relative_to(self._spec_dir.resolve()):
-                return  # another inline document of this registry
+                return uri  # another inline document of this registry
             if any(path.is_relative_to(d) for d in self.spec_dirs):
-                return
-            raise DocumentError(f"{path.name}: a $ref to a file on the gateway host outside admin.spec_dirs is refused")
-        if uri.startswith(("http://", "https://")) and any(prefix_allows(p, uri) for p in self.allowed_spec_urls):
-            return
-        raise DocumentError(f"{uri}: a $ref outside admin.allowed_spec_urls is refused")
+                return uri
+            raise URLRefused(what, "a file on the gateway host outside admin.spec_dirs", listed="admin.spec_dirs",
+                             prefix=False)
+        return check_url(uri, self.allowed_spec_urls, what, listed="admin.allowed_spec_urls")
 
     def upstreams(self, taken: set[str]) -> dict[str, Upstream]:
         """Upstreams for every registration whose name the config does not use itself."""

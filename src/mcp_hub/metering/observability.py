@@ -45,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 
 from mcp_hub.auth.identity import Consumer
+from mcp_hub.upstreams.openapi.scrub import KNOWN_SECRETS
 
 __all__ = [
     "AUDIT_LOGGER",
@@ -98,14 +99,20 @@ def _is_secret_key(key: Any) -> bool:
     return normalized in _SECRET_KEYS or normalized.endswith(_SECRET_SUFFIXES)
 
 
-# Audit lines repeat the same short strings (names, rules); remember their redacted form.
+# Audit lines repeat the same short strings (names, rules); remember their redacted form (valid while
+# the registry of known secret values stays the same version).
 _redacted_strings: dict[str, str] = {}
+_known_version = [KNOWN_SECRETS.version]
 
 
 def _redact_str(value: str) -> str:
+    if _known_version[0] != KNOWN_SECRETS.version:
+        _redacted_strings.clear()
+        _known_version[0] = KNOWN_SECRETS.version
     done = _redacted_strings.get(value)
     if done is None:
-        done = _SECRET_VALUE.sub(_redact_match, value)
+        # The values the upstreams hold (KNOWN_SECRETS), in any spelling, then whatever looks like one.
+        done = _SECRET_VALUE.sub(_redact_match, KNOWN_SECRETS.scrub(value, REDACTED))
         if len(value) <= 256:
             if len(_redacted_strings) >= 4096:
                 _redacted_strings.clear()
@@ -114,8 +121,9 @@ def _redact_str(value: str) -> str:
 
 
 def redact(value: Any) -> Any:
-    """`value` with secrets replaced by `[REDACTED]`: secret-named keys at any depth, bearer
-    tokens, JWTs, well-known API key formats and `token=...`-style pairs inside strings."""
+    """`value` with secrets replaced by `[REDACTED]`: secret-named keys at any depth, the secret
+    values upstreams registered (`KNOWN_SECRETS`, in any encoding), bearer tokens, JWTs, well-known
+    API key formats and `token=...`-style pairs inside strings."""
     if isinstance(value, str):
         return _redact_str(value) if value else value
     if isinstance(value, Mapping):

@@ -2,7 +2,7 @@
 
 One small interface, `Credential.apply(spec, client)`, with an implementation per kind of auth.
 Secrets live in `SecretStr` and are revealed only when written into a request; `secrets()` lists
-them so error messages can be scrubbed.
+them so results, error messages and log lines can be scrubbed (`scrub.Scrubber`, `KNOWN_SECRETS`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from mcp_hub.config.openapi import (
     UpstreamAuth,
 )
 from mcp_hub.upstreams.openapi.request import RequestSpec
+from mcp_hub.upstreams.openapi.scrub import KNOWN_SECRETS, Scrubber
 
 # One error for every upstream credential that cannot be obtained (its message never holds a secret).
 CredentialError = UpstreamCredentialError
@@ -130,7 +131,9 @@ class OAuth2ClientCredentials(Credential):
 
     async def apply(self, spec: RequestSpec, client: httpx2.AsyncClient) -> None:
         """`Authorization: Bearer <token>`; raises `CredentialError` when no token can be had."""
-        spec.headers["Authorization"] = f"Bearer {await self._grant.token()}"
+        token = await self._grant.token()
+        KNOWN_SECRETS.add(token, rotating=True)  # the log redaction knows every token this process holds
+        spec.headers["Authorization"] = f"Bearer {token}"
 
     def invalidate(self) -> None:
         self._grant.invalidate()
@@ -232,7 +235,5 @@ def build_credential(
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """`text` with every secret value replaced by `***`."""
-    for secret in sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    """`text` with every secret value, in any spelling `Scrubber` knows, replaced by `***`."""
+    return Scrubber(secrets).text(text)

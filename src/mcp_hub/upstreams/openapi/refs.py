@@ -178,12 +178,13 @@ class RefResolver:
         root_uri: str,
         *,
         fetch: Callable[[str], bytes] | None = None,
-        guard: Callable[[str], None] | None = None,
+        guard: Callable[[str], object] | None = None,
     ) -> None:
         self.root_uri = urldefrag(root_uri).url
         self._documents: dict[str, Any] = {self.root_uri: root}
         self._fetch = fetch
-        # Checks every other document a `$ref` reaches before it is read (raises DocumentError).
+        # Checks every other document a `$ref` reaches before it is read (raises DocumentError, or
+        # URLRefused, which is not a DocumentError: a refused $ref fails the whole document).
         self._guard = guard
         self._cache: dict[tuple[str, str], Resolved] = {}
 

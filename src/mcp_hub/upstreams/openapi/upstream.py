@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -18,14 +19,16 @@ from mcp_hub.config.openapi import ConfigError, OpenAPIUpstreamConfig
 from mcp_hub.upstreams.base import CallContext, Upstream, UpstreamCatalog, UpstreamState, UpstreamUnavailable
 from mcp_hub.upstreams.openapi.convert import (
     ConvertedDocument,
+    DocumentFormatError,
     OperationBinding,
     SkippedOperation,
     convert_document,
 )
-from mcp_hub.upstreams.openapi.credentials import Credential, CredentialError, build_credential, redact
+from mcp_hub.upstreams.openapi.credentials import Credential, CredentialError, build_credential
 from mcp_hub.upstreams.openapi.http import shared_ssl_context
 from mcp_hub.upstreams.openapi.refs import (
     DocumentError,
+    RefError,
     RefResolver,
     document_name,
     fetch_url_sync,
@@ -35,6 +38,8 @@ from mcp_hub.upstreams.openapi.refs import (
     source_uri,
 )
 from mcp_hub.upstreams.openapi.request import ArgumentError, build_request, response_to_result
+from mcp_hub.upstreams.openapi.scrub import KNOWN_SECRETS, Scrubber, secret_header_values
+from mcp_hub.upstreams.openapi.urls import URLRefused, canonical, check_host, check_url, url_allowed
 
 RETRY_INITIAL = 1.0
 RETRY_MAX = 60.0
@@ -45,25 +50,42 @@ def _error(text: str) -> types.CallToolResult:
 
 
 def prefix_allows(prefix: str, url: str) -> bool:
-    """Whether `url` lies under `prefix` (same scheme, host and port; path at a segment boundary)."""
-    p, u = urlsplit(prefix), urlsplit(url)
-
-    def origin(parts: Any) -> tuple[str, str, int | None]:
-        scheme = parts.scheme.lower()
-        return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
-
-    if origin(p) != origin(u):
-        return False
-    base = p.path.rstrip("/")
-    return u.path == base or u.path.startswith(base + "/") or not base
+    """Whether `url` lies under `prefix`, by the one allow-list rule (`urls.check_url`)."""
+    return url_allowed(url, [prefix])
 
 
 def check_allowed(url: str, allowed: list[str] | None, what: str) -> None:
-    """Refuse `url` unless it is under one of the `allowed` prefixes (no list: everything allowed)."""
+    """Refuse `url` (`ConfigError`, naming `what` and the reason, not the URL) unless the allow-list
+    rule puts it under one of the `allowed` prefixes (no list: everything allowed)."""
     if allowed is None:
         return
-    if not any(prefix_allows(prefix, url) for prefix in allowed):
-        raise ConfigError(f"{what} {url!r} is not under any allowed base URL")
+    try:
+        check_url(url, allowed, what)
+    except URLRefused as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# Load failures of a guarded upstream are told without the exception's text: it may quote the document.
+_GUARDED_PROBLEMS: tuple[tuple[type[BaseException], str], ...] = (
+    (DocumentFormatError, "the document is not an OpenAPI 2.0/3.x document"),
+    (RefError, "a $ref in the document does not resolve"),
+    (DocumentError, "the document could not be read, or is not JSON or YAML"),
+    (CredentialError, "the upstream credential failed"),
+)
+_HAS_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+_EXCEPTION_REASON = re.compile(r"^[A-Z]\w*(?:Error|Exception|Refused)\b")
+
+
+class _FetchError(DocumentError):
+    """The document could not be fetched; the message holds no text of any document."""
+
+
+def _skeleton(base_url: str, path: str) -> str:
+    """The URL an operation's path makes of `base_url` with every parameter a plain segment (as
+    `build_request` joins them), for checking the part of a request URL the document decides."""
+    template = path.split("#", 1)[0].partition("?")[0]
+    filled = re.sub(r"{[^{}/]*}", "x", template)
+    return base_url.rstrip("/") + (filled if filled.startswith("/") else "/" + filled)
 
 
 def inspect_document(
@@ -117,7 +139,7 @@ class OpenAPIUpstream(Upstream):
         *,
         base_dir: Path | None = None,
         allowed_base_urls: list[str] | None = None,
-        document_guard: Callable[[str], None] | None = None,
+        document_guard: Callable[..., str | None] | None = None,
     ) -> None:
         super().__init__(name)
         self.config = config
@@ -135,6 +157,16 @@ class OpenAPIUpstream(Upstream):
         self._schemas: dict[str, dict[str, Any]] = {}
         self._credential: Credential | None = None
         self._client: httpx2.AsyncClient | None = None
+        # Why the allow-list refused the document (a runtime registration's admin API answer names it).
+        self.refusal: URLRefused | None = None
+        self._scrubbers: dict[tuple[str, ...], Scrubber] = {}
+        # URLs the operator's config names itself, exempt from the request guard (see _guard_request).
+        self._trusted: set[str] = set()
+
+    @property
+    def guarded(self) -> bool:
+        """Whether what this upstream requests is limited by allow-lists (a runtime registration)."""
+        return self.allowed_base_urls is not None or self.document_guard is not None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -148,19 +180,25 @@ class OpenAPIUpstream(Upstream):
         started = False
         delay = RETRY_INITIAL
         # One client for the upstream's lifetime: building one costs an SSL context (~24 ms CPU).
+        hooks = {"request": [self._guard_request]} if self.allowed_base_urls is not None else {}
         async with httpx2.AsyncClient(
-            timeout=self.config.timeout, follow_redirects=False, verify=shared_ssl_context()
+            timeout=self.config.timeout, follow_redirects=False, verify=shared_ssl_context(), event_hooks=hooks,
         ) as client:
             self._client = client
             try:
                 while True:
                     self._set_state(UpstreamState.CONNECTING, self.last_error)
+                    self.refusal = None
                     try:
                         await self._load(client)
-                    except (DocumentError, ConfigError, OSError) as exc:
+                    except URLRefused as exc:
+                        self.refusal = exc
                         self._set_state(UpstreamState.DOWN, self._describe(str(exc)))
+                    except (DocumentError, ConfigError, OSError) as exc:
+                        self._set_state(UpstreamState.DOWN, self._describe(self._problem(exc, str(exc))))
                     except Exception as exc:  # noqa: BLE001 - any failure keeps the gateway up
-                        self._set_state(UpstreamState.DOWN, self._describe(f"{type(exc).__name__}: {exc}"))
+                        self._set_state(UpstreamState.DOWN,
+                                        self._describe(self._problem(exc, f"{type(exc).__name__}: {exc}")))
                     else:
                         self._set_state(UpstreamState.UP)
                     if not started:
@@ -174,6 +212,16 @@ class OpenAPIUpstream(Upstream):
                 self._client = None
                 self._set_state(UpstreamState.STOPPED, self.last_error)
 
+    def _problem(self, exc: BaseException, text: str) -> str:
+        """What went wrong; for a guarded upstream without any text of the exception (it may quote
+        the document, or a fetched one): only the kind of problem."""
+        if not self.guarded or isinstance(exc, _FetchError):
+            return text
+        for kind, problem in _GUARDED_PROBLEMS:
+            if isinstance(exc, kind):
+                return problem
+        return f"{type(exc).__name__} while loading the document"
+
     def _describe(self, problem: str) -> str:
         """`last_error` text: the document named once, then the problem."""
         uri = self.spec_uri
@@ -183,26 +231,59 @@ class OpenAPIUpstream(Upstream):
         return f"OpenAPI document {document_name(uri)}: {problem}"
 
     async def _load(self, client: httpx2.AsyncClient) -> None:
+        self._trusted = self._config_urls()
         uri = self.spec_uri
         if is_url(uri):
+            uri = self._document_url(uri, "spec")
             raw = await self._fetch(client, uri)
             # Parsing and conversion of a large document take CPU: keep the event loop free.
             converted = await anyio.to_thread.run_sync(self._convert_raw, raw, uri)
         else:
+            if self.document_guard is not None:
+                self.document_guard(uri)
             converted = await anyio.to_thread.run_sync(self._convert_file, uri)
+        if self.guarded:
+            converted = self._sanitized(converted)
+        key = "base_url" if self.config.base_url else "servers[0].url"
         base_url = self.config.base_url or (converted.servers[0] if converted.servers else None)
-        if base_url is None or not base_url.startswith(("http://", "https://")):
-            found = f" (the document's server is {base_url!r})" if base_url else ""
+        allowed = self.allowed_base_urls
+        if allowed is not None and base_url is not None and _HAS_SCHEME.match(base_url):
+            base_url = check_url(base_url, allowed, key)  # another scheme is refused with the reason
+        if base_url is None or not base_url.lower().startswith(("http://", "https://")):
+            found = f" (the document's server is {base_url!r})" if base_url and not self.guarded else ""
             raise ConfigError(f"no absolute base URL: set base_url{found}")
-        check_allowed(base_url, self.allowed_base_urls, "base URL")
-        for binding in converted.bindings.values():
-            if binding.server_url and binding.server_url.startswith(("http://", "https://")):
-                check_allowed(binding.server_url, self.allowed_base_urls, f"server of {binding.tool_name}")
+        checked: list[tuple[str, str]] = []
+        if allowed is not None:
+            base_url = check_url(base_url, allowed, key)
+            checked.append((base_url, key))
+            bindings = {}
+            for index, (name, binding) in enumerate(converted.bindings.items()):
+                server = binding.server_url
+                if server is not None:
+                    what = f"operations[{index}]: a path- or operation-level servers[0].url"
+                    server = check_url(server, allowed, what)
+                    checked.append((server, what))
+                    binding = dataclasses.replace(binding, server_url=server)
+                # The URL the operation's path makes of its base, arguments aside: a paths key such as
+                # `/../internal` must not lead out of the allowed prefix either.
+                check_url(_skeleton(server or base_url, binding.path), allowed, f"operations[{index}]: its paths key")
+                bindings[name] = binding
+            converted.bindings = bindings
+        else:
+            for binding in converted.bindings.values():
+                if binding.server_url and binding.server_url.startswith(("http://", "https://")):
+                    check_allowed(binding.server_url, allowed, f"server of {binding.tool_name}")
         credential = build_credential(self.config.auth, converted.security_schemes, base_url=base_url,
                                       base_dir=self.base_dir, timeout=self.config.timeout, http=client)
         token_url = getattr(credential, "token_url", None)
-        if token_url and not getattr(self.config.auth, "token_url", None):
-            check_allowed(token_url, self.allowed_base_urls, "token URL from the document")
+        if token_url and not getattr(self.config.auth, "token_url", None) and allowed is not None:
+            # The grant requests it as written; the request hook checks that request as it is sent.
+            checked.append((check_url(token_url, allowed, "token URL from the document"), "token URL from the document"))
+        if allowed is not None:
+            await self._check_hosts(checked, allowed)
+        if credential is not None:
+            KNOWN_SECRETS.add(*credential.secrets())
+        KNOWN_SECRETS.add(*secret_header_values(self.config.headers))
         self.document = converted
         self.skipped = converted.skipped
         self.base_url = base_url
@@ -211,17 +292,83 @@ class OpenAPIUpstream(Upstream):
         self._schemas = {tool.name: tool.input_schema for tool in converted.tools}
         self._set_catalog(UpstreamCatalog(tools=list(converted.tools)))
 
+    async def _check_hosts(self, checked: list[tuple[str, str]], allowed: list[str]) -> None:
+        """Refuse hosts that resolve to this machine unless named literally (one lookup per host)."""
+        seen: set[tuple[str, int]] = set()
+        for url, what in checked:
+            parsed = canonical(url, what)
+            if (parsed.host, parsed.port) not in seen:
+                seen.add((parsed.host, parsed.port))
+                await check_host(url, allowed, what)
+
+    def _sanitized(self, converted: ConvertedDocument) -> ConvertedDocument:
+        """Skipped operations of a guarded document keep the kind of problem, not its text."""
+        skipped = []
+        for item in converted.skipped:
+            match = _EXCEPTION_REASON.match(item.reason)
+            if match:
+                item = dataclasses.replace(item, reason=f"{match.group(0)} (details withheld for a registered document)")
+            skipped.append(item)
+        converted.skipped = skipped
+        return converted
+
+    def _config_urls(self) -> set[str]:
+        """The document URL (when no guard applies to it) and token URL the operator's config names."""
+        urls = []
+        if self.document_guard is None and is_url(self.spec_uri):
+            urls.append(self.spec_uri)
+        token_url = getattr(self.config.auth, "token_url", None)
+        if token_url:
+            urls.append(token_url)
+        out = set()
+        for url in urls:
+            try:
+                out.add(str(canonical(url, data=True)))
+            except URLRefused:
+                continue
+        return out
+
+    def _document_url(self, url: str, what: str = "$ref") -> str:
+        """The URL to fetch a document from: allowed by the document guard, in normalized form."""
+        if self.document_guard is None:
+            return url
+        checked = self.document_guard(url, what) if what != "$ref" else self.document_guard(url)
+        return checked if isinstance(checked, str) else url
+
+    async def _guard_request(self, request: httpx2.Request) -> None:
+        """Every request this upstream's client sends, at the moment it is sent: its URL (as the HTTP
+        client will request it) must be under an allowed base URL, or be a document the guard allows,
+        or be one the operator's config names itself."""
+        url = str(request.url)
+        allowed = self.allowed_base_urls
+        if allowed is not None and url_allowed(url, allowed, data=True):
+            return
+        try:
+            if str(canonical(url, data=True)) in self._trusted:
+                return
+        except URLRefused:
+            pass
+        if self.document_guard is not None and request.method == "GET":
+            try:
+                self.document_guard(url)
+                return
+            except (URLRefused, DocumentError):
+                pass
+        check_url(url, allowed or [], "request URL", data=True)  # refuses, with the reason
+        raise URLRefused("request URL", "no prefix matches its normalized scheme, host, port and path")  # not reached
+
     async def _fetch(self, client: httpx2.AsyncClient, url: str) -> bytes:
         # A guarded (runtime-registered) document is fetched where it was allowed, not where a redirect points.
-        follow = self.document_guard is None
+        follow = not self.guarded
         try:
             response = await client.get(url, follow_redirects=follow)
         except httpx2.HTTPError as exc:
-            raise DocumentError(f"cannot fetch ({type(exc).__name__}: {exc})") from None
+            reason = type(exc).__name__ if self.guarded else f"{type(exc).__name__}: {exc}"
+            raise _FetchError(f"cannot fetch ({reason})") from None
         if response.is_redirect and not follow:
-            raise DocumentError(f"fetch answered a redirect (HTTP {response.status_code}), which is not followed")
+            raise _FetchError(f"fetch answered a redirect (HTTP {response.status_code}), which is not followed")
         if response.status_code != 200:
-            raise DocumentError(f"fetch answered HTTP {response.status_code}")
+            raise _FetchError(f"fetch answered HTTP {response.status_code}")
         return response.content
 
     def _convert_raw(self, raw: bytes, uri: str) -> ConvertedDocument:
@@ -232,11 +379,13 @@ class OpenAPIUpstream(Upstream):
         return self._convert(load_sync(uri), uri)
 
     def _convert(self, doc: Any, uri: str) -> ConvertedDocument:
-        follow = self.document_guard is None
-        resolver = RefResolver(
-            doc, uri, fetch=lambda url: fetch_url_sync(url, self.config.timeout, follow_redirects=follow),
-            guard=self.document_guard,
-        )
+        follow = not self.guarded
+
+        def fetch(url: str) -> bytes:
+            # The guard saw `url` already (RefResolver.document); fetch its normalized form.
+            return fetch_url_sync(self._document_url(url), self.config.timeout, follow_redirects=follow)
+
+        resolver = RefResolver(doc, uri, fetch=fetch, guard=self.document_guard)
         return convert_document(doc, resolver, include=self.config.include, exclude=self.config.exclude,
                                 name=self.config.spec)
 
@@ -276,9 +425,7 @@ class OpenAPIUpstream(Upstream):
         if problem is not None:
             return _error(problem)
         timeout = ctx.timeout or self.config.timeout
-        secrets: tuple[str, ...] = self._credential.secrets() if self._credential else ()
-        if ctx.caller_token:
-            secrets += (ctx.caller_token,)
+        scrub = self._scrubber(ctx)
         try:
             with anyio.fail_after(timeout):
                 response = await self._send(client, binding, args, ctx)
@@ -287,26 +434,54 @@ class OpenAPIUpstream(Upstream):
                     self._credential.invalidate()
                     response = await self._send(client, binding, args, ctx)
         except ArgumentError as exc:
-            return _error(str(exc))
+            return _error(scrub.text(str(exc)))
+        except URLRefused as exc:
+            return _error(f"{binding.method} {binding.path}: refused: {exc}")
         except TimeoutError:
             return _error(f"{binding.method} {binding.path}: no answer from {self.name!r} within {timeout:g}s")
-        except CredentialError as exc:
-            return _error(redact(f"{binding.method} {binding.path}: upstream credential failed: {exc}", secrets))
+        except CredentialError as exc:  # scrubbed with the secrets as they are now (a token may be new)
+            return _error(self._scrubber(ctx).text(f"{binding.method} {binding.path}: upstream credential failed: {exc}"))
         except httpx2.HTTPError as exc:
-            reason = redact(f"{type(exc).__name__}: {exc}", secrets)
+            reason = self._scrubber(ctx).text(f"{type(exc).__name__}: {exc}")
             return _error(f"{binding.method} {binding.path}: request to {self.name!r} failed ({reason})")
+        # The secrets may have changed during the call (a token fetched or refreshed).
+        scrub = self._scrubber(ctx)
         url = response.request.url
         resource_uri = f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}"  # without the query: it may hold a key
-        return response_to_result(
-            binding, response.status_code, response.reason_phrase, response.headers.get("content-type", ""),
-            response.content, response.headers.get("location"), resource_uri,
+        location = response.headers.get("location")
+        result = response_to_result(
+            binding, response.status_code, scrub.text(response.reason_phrase),
+            response.headers.get("content-type", ""), scrub.body(response.content),
+            scrub.text(location) if location is not None else None, scrub.text(resource_uri),
         )
+        # Whatever the API echoed (headers, query, body, a redirect's Location), in whatever encoding:
+        # no credential the gateway holds reaches the caller.
+        return scrub.result(result)
+
+    def _scrubber(self, ctx: CallContext) -> Scrubber:
+        """A scrubber for every secret this call involves: the credential's (the current token
+        included), secret-looking static and per-call headers, and the caller's own token."""
+        secrets: tuple[str, ...] = self._credential.secrets() if self._credential else ()
+        secrets += secret_header_values(self.config.headers) + secret_header_values(ctx.headers)
+        if ctx.caller_token:
+            secrets += (ctx.caller_token,)
+        scrubber = self._scrubbers.get(secrets)
+        if scrubber is None:
+            if len(self._scrubbers) >= 16:
+                self._scrubbers.clear()
+            scrubber = self._scrubbers[secrets] = Scrubber(secrets)
+        return scrubber
 
     async def _send(
         self, client: httpx2.AsyncClient, binding: OperationBinding, args: dict[str, Any], ctx: CallContext
     ) -> httpx2.Response:
         assert self.base_url is not None
-        spec = build_request(binding, args, binding.server_url or self.base_url)
+        base_url = binding.server_url or self.base_url
+        allowed = self.allowed_base_urls
+        if allowed is not None:
+            # At request time too: the base URL as it is requested now (server variables substituted).
+            base_url = check_url(base_url, allowed, "base URL")
+        spec = build_request(binding, args, base_url)
         headers = dict(self.config.headers)
         headers.update(spec.headers)
         spec.headers = headers
@@ -324,6 +499,11 @@ class OpenAPIUpstream(Upstream):
             spec.method, spec.full_url(), headers=spec.headers, content=spec.content, files=spec.files,
             timeout=timeout if math.isfinite(timeout) else None,
         )
+        if allowed is not None:
+            # The URL as the HTTP client will request it, arguments included (read as leniently as any
+            # server might: an argument cannot climb out of the prefix either). The client's request
+            # hook checks it once more as it is sent.
+            check_url(str(request.url), allowed, "request URL", data=True)
         return await client.send(request)
 
 
