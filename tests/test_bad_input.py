@@ -113,7 +113,8 @@ def strict_calls_seen_upstream(record: Path) -> list[dict[str, Any]]:
 
 # --- strategies -----------------------------------------------------------------------------
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(
+# JSON values (no NaN or Infinity: not JSON; tests/security/test_transport_input.py sends those)
+json_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False) | st.text(
     max_size=40)
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=8), inner, max_size=4), max_leaves=12)
