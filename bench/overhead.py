@@ -10,6 +10,13 @@ handshake-era SDK clients on stateful sessions (what Claude Code and VS Code spe
   direct entry saves;
 - baseline (with `--baseline CHECKOUT`): the default gateway of another checkout, e.g. the commit before
   a change, in the same run.
+With `--policy`, the targets are direct, mcp-hub (no policy) and mcp-hub/policy: the same gateway with a
+production-like policy (API key auth, an ACL, two token budgets, a rate limit, costs) counted in a real
+Redis the bench starts (redis-server on a free loopback port, stopped at the end); `--baseline` then runs
+the other checkout with that policy too (`baseline/policy`, its own Redis). Besides throughput and CPU it
+prints, per policy target, Redis round trips per call (INFO commandstats before/after: EVALSHA/EVAL per
+call, and every command including those a script ran; then MONITOR over 50 sequential calls: the commands
+clients sent per call) and Redis CPU per call.
 The upstream answers JSON by default, as the gateway's direct path does when nothing is streamed
 before the answer: the SDK client keeps its HTTP connection after a JSON answer and reconnects after
 an SSE one, so with SSE answers (`--upstream-answers sse`, the SDK server's default) the direct
@@ -18,20 +25,28 @@ All are measured in one interleaved run (direct, mcp-hub, mcp-hub/sdk, direct, .
 compare like with like on a shared 2-core machine. Prints a table and the ratios against direct.
 
     .venv/bin/python bench/overhead.py [--seconds 5] [--rounds 2] [--payload 100] [--mode legacy|auto]
-        [--upstream-protocol auto|legacy] [--upstream-answers json|sse]
+        [--upstream-protocol auto|legacy] [--upstream-answers json|sse] [--policy] [--baseline CHECKOUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx2
 import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,8 +54,10 @@ sys.path.insert(0, str(ROOT))
 from tests.support.processes import stop, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
+import bench.compare  # noqa: E402
 from bench.compare import load  # noqa: E402
-from bench.proc import aggregate, measure, wait_gateway_ready  # noqa: E402
+from bench.proc import aggregate, cpu_seconds, measure, wait_gateway_ready  # noqa: E402
+from mcp_hub.auth.keys import new_api_key  # noqa: E402
 
 
 def main() -> None:
@@ -59,11 +76,18 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also measure the gateway of another checkout (e.g. a git worktree of an earlier "
                         "commit), in the same interleaved run: target `baseline`")
+    parser.add_argument("--policy", action="store_true",
+                        help="measure direct, mcp-hub without policy and mcp-hub/policy: API key auth, an ACL, two "
+                        "token budgets, a rate limit and costs, counted in a Redis the bench starts; with "
+                        "--baseline, the other checkout runs that policy too (baseline/policy)")
     args = parser.parse_args()
+    if args.policy:
+        policy_main(args)
+        return
     payload = "x" * args.payload
     tmp = Path(tempfile.mkdtemp(prefix="mcp-hub-bench-"))
     up_port, gw_port = free_port(), free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")  # this checkout's package, whatever is installed
     upstream = subprocess.Popen(
         [sys.executable, "-m", "tests.servers.demo_server", "--transport", "streamable-http", "--port", str(up_port),
          *(["--json-response"] if args.upstream_answers == "json" else [])],
@@ -125,6 +149,209 @@ def main() -> None:
         for gateway in gateways.values():
             stop(gateway)
         stop(upstream)
+
+
+# -- --policy ----------------------------------------------------------------------------------------
+
+
+def _policy_config(base: dict[str, Any], key_digest: str, redis_url: str) -> dict[str, Any]:
+    """A production-like policy: API keys, a deny-by-default ACL, two token budgets (the group's, and each
+    consumer's output tokens), a rate limit and costs, in Redis. Limits are far above what the run uses."""
+    return {
+        **base,
+        "auth": {"mode": "api_key", "api_keys": [{"consumer": "bench", "groups": ["developer"], "sha256": key_digest}]},
+        "default_acl": "deny",
+        "groups": {"developer": {
+            "tools": {"allow": ["up__*"], "deny": ["up__add_tool", "up__crash"]},
+            "budgets": [
+                {"tokens": 10**11, "window": "1 day", "count": "total"},
+                {"tokens": 10**10, "window": "1 hour", "count": "output", "per": "consumer"},
+            ],
+            "rate_limits": [{"requests": 10**8, "window": "1 minute", "per": "consumer"}],
+        }},
+        "costs": {"up__*": {"per_call": 0.001, "per_1k_tokens": 0.002}},
+        "storage": redis_url,
+    }
+
+
+@contextlib.contextmanager
+def _redis(tmp: Path) -> Iterator[tuple[str, int, subprocess.Popen[bytes]]]:
+    """redis-server on a free loopback port: (url, port, process); stopped at the end."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"redis://127.0.0.1:{port}", port, proc
+    finally:
+        stop(proc)
+
+
+def _redis_command(port: int, *args: str) -> bytes:
+    """One command over a plain socket, its raw reply (enough for INFO and CONFIG RESETSTAT)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"".join([b"*%d\r\n" % len(args)] + [b"$%d\r\n%s\r\n" % (len(a), a.encode()) for a in args]))
+        data = b""
+        while True:
+            data += sock.recv(65536)
+            if data.startswith(b"$"):
+                size = int(data[1:data.index(b"\r\n")])
+                if len(data) >= data.index(b"\r\n") + 2 + size + 2:
+                    return data
+            elif data.endswith(b"\r\n"):
+                return data
+
+
+def _commandstats(port: int) -> dict[str, int]:
+    """Calls per command from INFO commandstats (commands a script ran count too)."""
+    stats: dict[str, int] = {}
+    for line in _redis_command(port, "INFO", "commandstats").decode().splitlines():
+        if line.startswith("cmdstat_"):
+            name, fields = line[len("cmdstat_"):].split(":", 1)
+            stats[name] = int(dict(f.split("=") for f in fields.split(","))["calls"])
+    return stats
+
+
+def _monitored_round_trips(port: int, url: str, key: str, calls: int, payload: str, mode: str) -> float:
+    """Commands clients sent to Redis (MONITOR, not those a script ran) per call, over `calls` sequential calls."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as monitor:
+        monitor.sendall(b"MONITOR\r\n")
+        reader = monitor.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+
+        async def run() -> None:
+            async with _keyed_client(url, key, mode) as client:
+                await client.call_tool("up__echo", {"text": payload})  # the session is open before counting
+                _redis_command(port, "ECHO", "bench-start")
+                for _ in range(calls):
+                    await client.call_tool("up__echo", {"text": payload})
+                _redis_command(port, "ECHO", "bench-end")
+
+        anyio.run(run)
+        counted, sent = False, 0
+        while True:
+            line = reader.readline().decode()
+            if '"bench-start"' in line:
+                counted = True
+            elif '"bench-end"' in line:
+                return sent / calls
+            elif counted and " lua]" not in line:
+                sent += 1
+
+
+@contextlib.asynccontextmanager
+async def _keyed_client(url: str, key: str, mode: str) -> Any:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+            yield client
+
+
+@contextlib.contextmanager
+def _sending_key(key: str) -> Iterator[None]:
+    """bench.compare.load's clients, with the API key on every request (its Client made with our HTTP client)."""
+    original = bench.compare.Client
+
+    def make(url: str, **kwargs: Any) -> Client:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        return original(streamable_http_client(url, http_client=http), **kwargs)
+
+    bench.compare.Client = make  # type: ignore[assignment,misc]
+    try:
+        yield
+    finally:
+        bench.compare.Client = original  # type: ignore[misc]
+
+
+def policy_main(args: argparse.Namespace) -> None:
+    payload = "x" * args.payload
+    tmp = Path(tempfile.mkdtemp(prefix="mcp-hub-bench-"))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
+    up_port = free_port()
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.servers.demo_server", "--transport", "streamable-http", "--port", str(up_port),
+         *(["--json-response"] if args.upstream_answers == "json" else [])],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    config = {"upstreams": {"up": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp",
+                                   "protocol": args.upstream_protocol}}}
+    key, digest = new_api_key()
+    with contextlib.ExitStack() as stack:
+        stack.callback(stop, upstream)
+        policy_targets = ["mcp-hub/policy"] + (["baseline/policy"] if args.baseline is not None else [])
+        redis = {name: stack.enter_context(_redis(tmp)) for name in policy_targets}
+        runs: dict[str, tuple[str, dict[str, str]]] = {"mcp-hub": ("gw.yaml", env)}
+        (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
+        for name in policy_targets:
+            file = f"{name.replace('/', '-')}.yaml"
+            (tmp / file).write_text(yaml.safe_dump(_policy_config(config, digest, redis[name][0])))
+            run_env = env if name == "mcp-hub/policy" else dict(
+                env, PYTHONPATH=f"{args.baseline.resolve() / 'src'}:{ROOT}")
+            runs[name] = (file, run_env)
+        ports = {name: free_port() for name in runs}
+        gateways = {}
+        for name, (file, run_env) in runs.items():
+            gateways[name] = subprocess.Popen(
+                [sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(tmp / file), "--port", str(ports[name])],
+                cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL,
+                stderr=open(tmp / f"{name.replace('/', '-')}.log", "wb"), start_new_session=True,
+            )
+            stack.callback(stop, gateways[name])
+        wait_for_port(up_port, proc=upstream)
+        for name, gateway in gateways.items():
+            wait_gateway_ready(ports[name], gateway, timeout=60)
+        targets = {"direct": (f"http://127.0.0.1:{up_port}/mcp", "echo", upstream.pid)}
+        targets.update({name: (f"http://127.0.0.1:{ports[name]}/mcp", "up__echo", gateways[name].pid) for name in runs})
+        keyed = {targets[name][0] for name in policy_targets}
+
+        def run(url: str, tool: str, c: int) -> dict[str, Any]:
+            with _sending_key(key) if url in keyed else contextlib.nullcontext():
+                return anyio.run(load, url, tool, c, args.seconds, payload, args.mode)
+
+        stats_before = {name: _commandstats(redis[name][1]) for name in policy_targets}
+        redis_cpu = {name: cpu_seconds(redis[name][2].pid) for name in policy_targets}
+        started = time.monotonic()
+        results = measure(targets, run, args.rounds, args.concurrency)
+        elapsed = time.monotonic() - started
+        redis_cpu = {name: cpu_seconds(redis[name][2].pid) - redis_cpu[name] for name in policy_targets}
+        stats_after = {name: _commandstats(redis[name][1]) for name in policy_targets}
+
+        print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
+              f"{args.upstream_protocol}, upstream answers {args.upstream_answers}, {args.rounds} interleaved rounds "
+              f"of {args.seconds:g}s ({elapsed:.0f}s in all), load {os.getloadavg()[0]:.2f}")
+        print("mcp-hub/policy: API key auth, deny-by-default ACL, 2 token budgets, 1 rate limit, costs, Redis storage")
+        print(f"{'target':<16}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}"
+              f"{'RSS MB':>9}")
+        summary: dict[tuple[str, int], dict[str, float]] = {}
+        order = list(targets)
+        for (name, c), rounds in sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
+            agg = aggregate(rounds)
+            summary[(name, c)] = agg
+            print(f"{name:<16}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
+                  f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")
+            if agg["errors"]:
+                print(f"   first error: {next(r['first_error'] for r in rounds if r['errors'])}")
+        print()
+        for c in args.concurrency:
+            d, plain = summary[("direct", c)], summary[("mcp-hub", c)]
+            for name in [n for n in targets if n != "direct"]:
+                g = summary[(name, c)]
+                line = f"C={c}: throughput {name}/direct = {g['rate'] / d['rate']:.2f}"
+                if name.endswith("/policy"):
+                    line += (" (target >= 0.80)" if name == "mcp-hub/policy" else "")
+                    line += f", /mcp-hub = {g['rate'] / plain['rate']:.2f}"
+                print(line + f"; added p50 = {g['p50'] - d['p50']:.2f} ms; cpu {g['cpu']:.2f} ms/call")
+        print()
+        for name in policy_targets:
+            calls = sum(r["calls"] + c for (n, c), rounds in results.items() if n == name for r in rounds)
+            delta = {k: v - stats_before[name].get(k, 0) for k, v in stats_after[name].items()}
+            scripts = delta.get("evalsha", 0) + delta.get("eval", 0)
+            total = sum(v for k, v in delta.items() if k not in ("info", "config|resetstat"))
+            trips = _monitored_round_trips(redis[name][1], targets[name][0], key, 50, payload, args.mode)
+            print(f"{name}: Redis per call, {calls} calls: EVALSHA+EVAL {scripts / calls:.2f}, all commands "
+                  f"(with those scripts ran) {total / calls:.2f}; commands sent per call (MONITOR, 50 sequential "
+                  f"calls) {trips:.2f}; redis-server cpu {redis_cpu[name] * 1000 / calls:.3f} ms/call")
 
 
 def _direct_counts(port: int) -> str:

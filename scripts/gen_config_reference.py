@@ -38,7 +38,7 @@ from mcp_hub.config import openapi as openapi_models  # noqa: E402
 from mcp_hub.config import policy as policy_models  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "configuration.md"
-CONNECTORS = ROOT / "connectors"
+CONNECTORS = ROOT / "src" / "mcp_hub" / "connectors"
 
 # Keys whose models say nothing about them (no description, no comment): "Model.field" -> text.
 NOTES: dict[str, str] = {
@@ -226,8 +226,11 @@ def sections() -> list[Section]:
         Section("upstreams.<name> (sse)", g.SseUpstreamConfig),
         Section("upstreams.<name> (streamable-http)", g.StreamableHttpUpstreamConfig),
         Section("upstreams.<name>.credentials", None,
-                "One of four `mode`s. Caller-owned credentials (`passthrough`, `exchange`) need one upstream "
-                "session per consumer; MCP upstreams refuse them at start for now."),
+                "One of four `mode`s, sent as a request header to an HTTP upstream. `inject` and `client_credentials` "
+                "are the gateway's own, the same for every caller. Caller-owned credentials (`passthrough`, `exchange`) make the gateway "
+                "keep one upstream session per consumer, so they need an HTTP upstream (`sse` or "
+                "`streamable-http`); a stdio upstream refuses them at start. `mcp-hub check` reads `value_env` and "
+                "`value_file` as `serve` does: an unset variable or unreadable file is a config error."),
         *[Section(f"upstreams.<name>.credentials (mode: {m.model_fields['mode'].annotation.__args__[0]})", m)
           for m in CREDENTIAL_MODELS],
         Section("servers[]", g.ServerRoute),
@@ -406,7 +409,9 @@ def generate() -> tuple[str, list[str]]:
         "Generated from the pydantic models that validate the config (`python scripts/gen_config_reference.py`;",
         "a test fails when this file is out of date). A config is one YAML file; `${VAR}` and",
         "`${VAR:-default}` in any string are taken from the environment. Unknown keys are errors that name",
-        "the key path. Policy keys (`default_acl`, `groups`, `budgets`, ...) sit at the top level.",
+        "the key path and suggest the closest known key; a key given twice in one mapping is an error too (YAML",
+        "would keep the second silently). No error shows the value it refused, so a secret under a misspelt key",
+        "is never printed. Policy keys (`default_acl`, `groups`, `budgets`, ...) sit at the top level.",
         "See [policy.md](policy.md) for how ACLs and budgets decide.",
         "",
         *[f"- [{_html(s.path)}](#{anchor(s.path)})" for s in plan],
@@ -425,8 +430,10 @@ def generate() -> tuple[str, list[str]]:
             rows += rows_of(model, set(), missing)
         lines += [*table(rows), ""]
     lines += ['<a id="connectors"></a>', "", "## Connectors", "",
-              "Ready-made upstream definitions in `connectors/`, merged in with `include: [name, ...]`; the",
-              "config's own entries win over an included one of the same name.", "", *connectors(), ""]
+              "Ready-made upstream definitions shipped inside the package (`src/mcp_hub/connectors/`, also",
+              "`connectors/` in a checkout), so `include: [name, ...]` works from any install; the config's own",
+              "entries win over an included one of the same name. A name ending in `.yaml` is a file instead,",
+              "relative to the config's folder.", "", *connectors(), ""]
     return "\n".join(lines), missing
 
 

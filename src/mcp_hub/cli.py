@@ -1,21 +1,28 @@
 """The `mcp-hub` command: serve, check, tools, explain, keys, openapi, reload, status.
 
 `tools` and `explain` work offline from a config (the upstreams are started in-process) or against a
-running gateway through its admin API (`--url`, with `--admin-key` or MCP_HUB_ADMIN_KEY). Exit codes:
-0 success, 1 a failed operation (or `explain`: not allowed), 2 a config error, 130 interrupted.
+running gateway through its admin API (`--url`, with `--admin-key` or MCP_HUB_ADMIN_KEY). Without
+`--config`, `serve`, `tools` and `explain` use MCP_HUB_CONFIG, then ./hub.yaml, then the embedded demo
+(and say which). Exit codes (docs/cli.md): 0 success, 1 a failed operation (or `explain`: not allowed),
+2 a config error, 3 the HTTP address cannot be listened on, 130 interrupted, 141 stdout closed early.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import functools
 import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO, TypeVar
 
@@ -26,10 +33,40 @@ from mcp_hub.config import ConfigError, GatewayConfig, load_config, parse_config
 
 T = TypeVar("T")
 ADMIN_KEY_ENV = "MCP_HUB_ADMIN_KEY"
+CONFIG_ENV = "MCP_HUB_CONFIG"
+DEFAULT_CONFIG = "hub.yaml"
+EMBEDDED = "<embedded default>"
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_LISTEN = 3
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a program whose reader went away
 
 
 class CliError(Exception):
     """A command that failed for a reason worth one line on stderr (exit code 1)."""
+
+
+class ListenError(Exception):
+    """The HTTP address cannot be listened on (exit code 3)."""
+
+
+def config_path(given: str | None) -> str | None:
+    """The config file a command uses: `--config`, else MCP_HUB_CONFIG, else ./hub.yaml when it
+    exists; None for the embedded demo. Says on stderr where an implicit choice came from."""
+    if given:
+        return given
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        print(f"using {from_env} (from {CONFIG_ENV})", file=sys.stderr)
+        return from_env
+    if Path(DEFAULT_CONFIG).is_file():
+        print(f"using ./{DEFAULT_CONFIG} (found in the current folder; --config picks another)", file=sys.stderr)
+        return DEFAULT_CONFIG
+    print(f"no --config, no {CONFIG_ENV}, no ./{DEFAULT_CONFIG}: using the embedded demo config "
+          "(one demo upstream; see `mcp-hub serve --help`)", file=sys.stderr)
+    return None
 
 
 def _load(path: str | None) -> GatewayConfig:
@@ -37,7 +74,7 @@ def _load(path: str | None) -> GatewayConfig:
         return load_config(path)
     from mcp_hub.demo.default import default_config_tree
 
-    return parse_config(default_config_tree(), source="<embedded default>")
+    return parse_config(default_config_tree(), source=EMBEDDED)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -47,6 +84,24 @@ def _configure_logging(verbose: bool) -> None:
         configure_logging(level=logging.DEBUG if verbose else logging.INFO)
     except ImportError:
         logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr)
+
+
+def _as_config_error(exc: BaseException, source: str | None) -> ConfigError | None:
+    """A start-up failure that is the config's fault (two upstreams offering one name), as a config error."""
+    from mcp_hub.core.hub import CollisionError
+
+    found: BaseException | None = exc
+    while isinstance(found, BaseExceptionGroup) and found.exceptions:
+        found = next((e for e in found.exceptions if _as_config_error(e, source) is not None), found.exceptions[0])
+    if isinstance(found, ConfigError):
+        return found
+    if isinstance(found, CollisionError):
+        return ConfigError([
+            *(f"name collision on {line}" for line in found.collisions),
+            "listen.on_collision is error (the default): give one of the upstreams another prefix, or set "
+            "listen.on_collision: warn to keep the first one's (config order)",
+        ], source or EMBEDDED)
+    return None
 
 
 # --- progress on stderr --------------------------------------------------------------------------
@@ -104,7 +159,8 @@ class Progress:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    path = config_path(args.config)
+    config = _load(path)
     overrides: dict[str, Any] = {}
     if args.host:
         overrides["host"] = args.host
@@ -115,33 +171,82 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for key, value in overrides.items():
         setattr(config.listen, key, value)
     _configure_logging(args.verbose)
-    from mcp_hub.runtime import build_gateway, load_registry
+    from mcp_hub.runtime import prepare
 
-    # Runtime OpenAPI registrations are read before serving, so they survive restarts.
-    registry = anyio.run(load_registry, config, args.config)
-    gateway = build_gateway(config, config_path=args.config, check_listen=not args.stdio, registry=registry)
+    # The same checks as `mcp-hub check`; runtime OpenAPI registrations are read, so they survive restarts.
+    gateway = anyio.run(functools.partial(prepare, config, path, check_listen=not args.stdio))
     gateway.listen_overrides = overrides  # a reload keeps the command line's host, port and mode
-    if args.stdio:
-        anyio.run(_serve_stdio, gateway)
-        return 0
-    import uvicorn
-
-    from mcp_hub.transport.app import build_app
-
-    app = build_app(gateway)
-    where = f"http://{config.listen.host}:{config.listen.port}/mcp"
-    print(f"mcp-hub {__version__} serving {len(gateway.upstreams)} upstream(s) at {where}", file=sys.stderr)
-    uvicorn.run(app, host=config.listen.host, port=config.listen.port, log_level="warning", lifespan="on")
+    try:
+        if args.stdio:
+            anyio.run(_serve_stdio, gateway)
+        else:
+            _serve_http(gateway, config, path)
+    except Exception as exc:  # noqa: BLE001 - a start-up failure the config explains is a config error
+        problem = _as_config_error(exc, path)
+        if problem is None:
+            raise
+        raise problem from None
     return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, before anything is announced; `ListenError` says why it cannot be."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: unknown host ({exc.strerror}); "
+                          "set listen.host (or --host) to an address of this machine") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            hint = (f"port {port} is already in use (another mcp-hub, or another program: `ss -ltnp "
+                    f"'sport = :{port}'` shows which); stop it, or pick another port with --port or listen.port")
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            hint = f"{host} is not an address of this machine; set listen.host (or --host)"
+        elif exc.errno == errno.EACCES:
+            hint = "permission denied (ports below 1024 need privileges); pick a port above 1023"
+        else:
+            hint = exc.strerror or str(exc)
+        raise ListenError(f"cannot listen on {where}: {hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve_http(gateway: Any, config: GatewayConfig, path: str | None) -> None:
+    from mcp_hub.runtime import serve_http, warn_unmatched_allow_patterns
+
+    host = config.listen.host
+    sock = _bind(host, config.listen.port)  # before anything says "serving"
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+
+    def ready() -> None:
+        warn_unmatched_allow_patterns(gateway)
+        source = path or "the embedded demo config"
+        print(f"mcp-hub {__version__} serving {len(gateway.upstreams)} upstream(s) from {source} "
+              f"at http://{shown}:{port}/mcp", file=sys.stderr, flush=True)
+
+    try:
+        serve_http(gateway, sock, ready)
+    finally:
+        sock.close()
 
 
 async def _serve_stdio(gateway: Any) -> None:
     from mcp.server.stdio import stdio_server
 
     from mcp_hub.core.hub import ALL_ROUTE
+    from mcp_hub.runtime import warn_unmatched_allow_patterns
 
     async with anyio.create_task_group() as tg:
         await tg.start(gateway.run)
+        warn_unmatched_allow_patterns(gateway)
         server = gateway.routes[ALL_ROUTE].server
         async with stdio_server() as (read_stream, write_stream):
             await server.run(read_stream, write_stream, server.create_initialization_options())
@@ -150,9 +255,23 @@ async def _serve_stdio(gateway: Any) -> None:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    from mcp_hub.runtime import check_config
+
+    anyio.run(check_config, config, args.config)
     names = list(config.upstreams) + list(config.openapi)
     routes = ["/mcp", *[r.path for r in config.servers if r.path != "/mcp"]]
     print(f"{args.config}: valid ({len(names)} upstream(s): {', '.join(names) or 'none'}; routes: {', '.join(routes)})")
+    if not args.connect:
+        print("not checked without starting the upstreams: name collisions and allow patterns that match no "
+              f"tool (`mcp-hub check --connect {args.config}` starts them, as `mcp-hub tools` does)")
+        return 0
+    # Collisions are a config error here when serve would refuse them (listen.on_collision: error); the
+    # upstreams that are not up and the allow patterns that match no tool are warned about on stderr.
+    collisions = run_offline(args.config, lambda gateway: list(gateway.collisions))
+    for line in collisions:
+        print(f"warning: name collision (listen.on_collision: warn keeps the first): {line}")
+    if not collisions:
+        print("no name collisions")
     return 0
 
 
@@ -162,14 +281,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 def run_offline(config_path: str | None, compute: Callable[[Any], T]) -> T:
     """Start the config's upstreams in this process, wait for their first connection, and compute."""
     config = _load(config_path)
-    return anyio.run(_offline, config, config_path, compute)
+    try:
+        return anyio.run(_offline, config, config_path, compute)
+    except Exception as exc:  # noqa: BLE001 - a start-up failure the config explains is a config error
+        problem = _as_config_error(exc, config_path)
+        if problem is None:
+            raise
+        raise problem from None
 
 
 async def _offline(config: GatewayConfig, config_path: str | None, compute: Callable[[Any], T]) -> T:
-    from mcp_hub.runtime import build_gateway, load_registry
+    from mcp_hub.runtime import prepare, unmatched_allow_patterns
 
-    registry = await load_registry(config, config_path)
-    gateway = build_gateway(config, config_path=config_path, registry=registry)
+    gateway = await prepare(config, config_path, check_listen=False)
     count = len(gateway.upstreams)
     try:
         with Progress(f"connecting to {count} upstream(s)") as progress:
@@ -182,6 +306,8 @@ async def _offline(config: GatewayConfig, config_path: str | None, compute: Call
                 for name in down:
                     error = gateway.upstreams[name].last_error
                     print(f"warning: upstream {name} is {states[name]}" + (f": {error}" if error else ""), file=sys.stderr)
+                for line in unmatched_allow_patterns(gateway):
+                    print(f"warning: {line}", file=sys.stderr)
                 result = compute(gateway)
                 tg.cancel_scope.cancel()
     finally:
@@ -236,6 +362,21 @@ def _groups(args: argparse.Namespace) -> list[str]:
     from mcp_hub.admin.api import split_groups
 
     return split_groups(*(args.group or []), args.groups)
+
+
+def _offline_groups(args: argparse.Namespace, config: GatewayConfig) -> list[str]:
+    """The groups given on the command line, plus those the consumer's API keys give (auth.api_keys),
+    as the gateway would see them when that consumer calls with its key."""
+    groups = _groups(args)
+    if not args.consumer:
+        return groups
+    keys = [entry for entry in config.auth.api_keys if entry.consumer == args.consumer]
+    for entry in keys:
+        groups += [g for g in entry.groups if g not in groups]
+    if not keys and not groups and args.consumer not in config.auth.static_groups:
+        print(f"note: consumer {args.consumer} has no API key in auth.api_keys and no auth.static_groups "
+              "entry, so no groups; give them with --group", file=sys.stderr)
+    return groups
 
 
 def _consumer_params(args: argparse.Namespace) -> dict[str, str]:
@@ -321,9 +462,10 @@ def cmd_tools(args: argparse.Namespace) -> int:
         from mcp_hub.admin.api import catalog_for, consumer_for
 
         def compute(gateway: Any) -> dict[str, Any]:
-            return catalog_for(gateway, consumer_for(gateway, args.consumer, _groups(args)), route)
+            groups = _offline_groups(args, gateway.config)
+            return catalog_for(gateway, consumer_for(gateway, args.consumer, groups), route)
 
-        catalog = _offline_admin(args.config, compute)
+        catalog = _offline_admin(config_path(args.config), compute)
     if args.json:
         _print_json(catalog)
     else:
@@ -331,11 +473,11 @@ def cmd_tools(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offline_admin(config_path: str | None, compute: Callable[[Any], T]) -> T:
+def _offline_admin(path: str | None, compute: Callable[[Any], T]) -> T:
     from mcp_hub.admin.api import AdminError
 
     try:
-        return run_offline(config_path, compute)
+        return run_offline(path, compute)
     except AdminError as exc:
         raise CliError(exc.message) from None
 
@@ -349,9 +491,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         from mcp_hub.admin.api import consumer_for, explain_for
 
         def compute(gateway: Any) -> dict[str, Any]:
-            return explain_for(gateway, consumer_for(gateway, args.consumer, _groups(args)), kind, args.name, args.route)
+            groups = _offline_groups(args, gateway.config)
+            return explain_for(gateway, consumer_for(gateway, args.consumer, groups), kind, args.name, args.route)
 
-        result = _offline_admin(args.config, compute)
+        result = _offline_admin(config_path(args.config), compute)
     if args.json:
         _print_json(result)
     else:
@@ -548,18 +691,20 @@ def _target_options(parser: argparse.ArgumentParser, *, offline: bool) -> None:
     if offline:
         where = parser.add_mutually_exclusive_group()
         where.add_argument("--config", "-c", help="a config file: its upstreams are started in this process "
-                           "(default: the embedded demo config)")
+                           f"(default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG}, else the embedded demo config)")
         where.add_argument("--url", help="a running gateway (e.g. http://127.0.0.1:8000), through its admin API")
     else:
         parser.add_argument("--url", required=True, help="the running gateway, e.g. http://127.0.0.1:8000")
     parser.add_argument("--admin-key", help=f"admin credential (better: set {ADMIN_KEY_ENV}, so it stays out of `ps`)")
-    parser.add_argument("--admin-path", default="/admin", help="where the admin API is served (default /admin)")
+    parser.add_argument("--admin-path", default="/admin", help="where the admin API is served: the gateway's "
+                        "admin.path (default /admin)")
 
 
 def _consumer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group", "-g", action="append", help="a group of the consumer (repeat, or G1,G2)")
     parser.add_argument("--groups", help="the consumer's groups, comma-separated")
-    parser.add_argument("--consumer", help="the consumer's name (its static_groups are merged in)")
+    parser.add_argument("--consumer", help="the consumer's name (with --config, the groups of its API keys in "
+                        "auth.api_keys are merged in; its auth.static_groups always)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -568,16 +713,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway (embedded demo config when none is given)")
-    serve.add_argument("--config", "-c", help="YAML config file")
+    serve.add_argument("--config", "-c", help=f"YAML config file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG}, "
+                       "else the embedded demo config)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--stdio", action="store_true", help="serve MCP over stdin/stdout instead of HTTP")
     serve.add_argument("--stateless", action="store_true", help="stateless Streamable HTTP (no session affinity)")
-    serve.add_argument("--verbose", "-v", action="store_true")
+    serve.add_argument("--verbose", "-v", action="store_true", help="debug logging (upstream traffic, auth decisions)")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check", help="validate a config without starting anything")
+    check = sub.add_parser("check", help="validate a config as `serve` would, without starting anything")
     check.add_argument("config")
+    check.add_argument("--connect", action="store_true", help="also start the upstreams (as `tools` does) to find "
+                       "name collisions and allow patterns that match no tool")
     check.set_defaults(func=cmd_check)
 
     tools = sub.add_parser("tools", help="the tools, prompts and resources a group sees")
@@ -660,15 +808,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # a config that validates but cannot be served (e.g. open bind without auth)
+        return EXIT_FAILED
+    except ListenError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_LISTEN
+    except BrokenPipeError:
+        # The reader of stdout went away (`mcp-hub tools --json | head`): nothing more to say to it.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail a second time.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except ValueError as exc:  # a config that validates but cannot be served
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,16 +1,30 @@
 """Assembles a gateway from a config (upstreams with their credentials, pipeline, auth, runtime OpenAPI
-registrations) and keeps it in step with its config file (SIGHUP, file changes, `POST /admin/reload`)."""
+registrations) and keeps it in step with its config file (SIGHUP, file changes, `POST /admin/reload`).
+
+`prepare` is everything `serve` checks before it starts anything; `mcp-hub check` runs the same.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import difflib
+import fnmatch
 import functools
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.routing import BaseRoute
 
 from mcp_hub.admin.registry import OpenAPIRegistry, RegistryError, open_store
+from mcp_hub.auth.errors import CredentialConfigError
 from mcp_hub.auth.gateway_auth import GatewayAuth, check_bind
 from mcp_hub.auth.identity import anonymous, anonymous_consumer
+from mcp_hub.auth.metadata import api_key_only_routes
 from mcp_hub.config import (
     ConfigError,
     GatewayConfig,
@@ -19,8 +33,9 @@ from mcp_hub.config import (
 )
 from mcp_hub.config.auth import AuthConfig
 from mcp_hub.core.hub import Gateway, build_upstreams
+from mcp_hub.transport.app import build_app
 from mcp_hub.transport.sdk_server import bind_servers
-from mcp_hub.upstreams.base import Upstream
+from mcp_hub.upstreams.base import Upstream, UpstreamState
 from mcp_hub.upstreams.mcp import McpUpstream
 from mcp_hub.upstreams.per_consumer import PerConsumerUpstream
 
@@ -39,7 +54,10 @@ def upstream_factory(
         for name, cfg in config.upstreams.items():
             if not cfg.credentials and cfg.session_scope == "shared":
                 continue
-            credentials = credential_source.credentials(cfg.credentials)
+            try:
+                credentials = credential_source.credentials(cfg.credentials)
+            except CredentialConfigError as exc:  # an unset variable, an unreadable file: safe to show
+                raise ConfigError([f"upstreams.{name}.credentials: {exc.description}"]) from None
             if credentials.belongs_to_caller or cfg.session_scope == "per_consumer":
                 if credentials.belongs_to_caller and not isinstance(
                     cfg, StreamableHttpUpstreamConfig | SseUpstreamConfig
@@ -97,18 +115,128 @@ def build_gateway(
     registry on the configured store is attached, so the admin API can still register.
     """
     auth_config = config.auth
+    source = config_path or "<embedded default>"
     if check_listen:
-        check_bind(auth_config, config.listen.host)
+        try:
+            check_bind(auth_config, config.listen.host)
+        except ValueError as exc:
+            raise ConfigError([f"listen.host: {exc}"], source) from None
     auth = GatewayAuth(auth_config) if auth_config.enabled else None
     registry = registry or open_registry(config, config_path)
-    gateway = Gateway(
-        config,
-        upstream_factory=upstream_factory(auth_config, auth, registry),
-        default_consumer=anonymous_consumer(auth_config),
-    )
+    try:
+        gateway = Gateway(
+            config,
+            upstream_factory=upstream_factory(auth_config, auth, registry),
+            default_consumer=anonymous_consumer(auth_config),
+        )
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, exc.source or source) from None
     gateway.auth = auth
     bind_servers(gateway)
     gateway.config_path = config_path
     # The admin API finds the registry here (the Gateway class knows nothing of registrations).
     gateway.openapi_registry = registry  # type: ignore[attr-defined]
     return gateway
+
+
+async def prepare(config: GatewayConfig, config_path: str | None = None, *, check_listen: bool = True) -> Gateway:
+    """Everything `serve` checks before it starts anything, and the gateway it would run.
+
+    Reads the runtime OpenAPI registrations, refuses an open bind without auth, and builds every
+    upstream with its credentials (an unset variable or unreadable secret file is a `ConfigError`).
+    `mcp-hub check` calls this too, so the two never disagree about a config.
+    """
+    registry = await load_registry(config, config_path)
+    return build_gateway(config, config_path=config_path, check_listen=check_listen, registry=registry)
+
+
+async def check_config(config: GatewayConfig, config_path: str | None = None) -> Gateway:
+    """`prepare`, then release what it opened (nothing was started): raises `ConfigError` like `serve`."""
+    gateway = await prepare(config, config_path)
+    if gateway.auth is not None:
+        await gateway.auth.aclose()
+    return gateway
+
+
+def unmatched_allow_patterns(gateway: Gateway) -> list[str]:
+    """Tool allow patterns of `groups` that match no tool on any route, with a close name when there is one.
+
+    Such a pattern gives its group nothing, usually because of a missing prefix (`get_current_time`
+    for `time__get_current_time`) or a typo. Only meaningful once the upstreams were started.
+    """
+    names = sorted({tool.name for route in gateway.routes.values() for tool in route.view.tool_list})
+    down = sorted(name for name, up in gateway.upstreams.items() if up.state != UpstreamState.UP)
+    out: list[str] = []
+    for group, policy in gateway.config.policy.groups.items():
+        for index, pattern in enumerate(policy.tools.allow):
+            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                continue
+            line = f"groups.{group}.tools.allow[{index}]: {pattern!r} matches no tool"
+            close = difflib.get_close_matches(pattern, names, n=1, cutoff=0.6)
+            if close:
+                line += f" (did you mean {close[0]}?)"
+            if down:
+                line += f"; upstreams not up, whose tools are unknown: {', '.join(down)}"
+            out.append(line)
+    return out
+
+
+def warn_unmatched_allow_patterns(gateway: Gateway) -> list[str]:
+    """Log each allow pattern that matches no tool (see `unmatched_allow_patterns`); returns the lines."""
+    lines = unmatched_allow_patterns(gateway)
+    for line in lines:
+        logger.warning("allow pattern gives its group no tool: %s", line)
+    return lines
+
+
+def extra_routes(gateway: Gateway) -> list[BaseRoute]:
+    """HTTP routes beside the ones `transport.app.build_app` makes for a gateway.
+
+    With API keys as the only way in, clients that meet a 401 and try OAuth discovery anyway (Claude
+    Code does on every 401 without a configured Authorization header) get answers that say a key is
+    needed and how to send it, instead of bare 404s that end in "client registration failed".
+    """
+    methods = gateway.config.auth.methods
+    if methods and "oauth" not in methods:
+        return api_key_only_routes()
+    return []
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, with the app's lifespan (the gateway starting its upstreams) entered here
+    rather than by uvicorn: a start-up failure (a name collision) reaches the caller as the exception
+    itself, not as a logged traceback and uvicorn's exit code. `ready` runs once the gateway is up,
+    before the socket accepts connections."""
+
+    def __init__(self, settings: uvicorn.Config, lifespan: Any, ready: Callable[[], None]) -> None:
+        super().__init__(settings)
+        self._lifespan = lifespan
+        self._ready = ready
+        self._stack = contextlib.AsyncExitStack()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._stack.enter_async_context(self._lifespan)
+        try:
+            self._ready()
+            await super().startup(sockets)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().shutdown(sockets)
+        finally:
+            await self._stack.aclose()
+
+
+def serve_http(gateway: Gateway, sock: socket.socket, ready: Callable[[], None]) -> None:
+    """Serve the gateway's HTTP app on an already bound socket until a signal stops it.
+
+    Raises what keeps the gateway from starting (e.g. `CollisionError`, maybe in an exception group).
+    """
+    app = build_app(gateway, extra_routes=extra_routes(gateway))
+    settings = uvicorn.Config(app, log_level="warning", lifespan="off")
+    server = GatewayServer(settings, app.router.lifespan_context(app), ready)
+    with asyncio.Runner(loop_factory=settings.get_loop_factory()) as runner:
+        runner.run(server.serve(sockets=[sock]))

@@ -7,10 +7,13 @@
 //                        without it a fresh RS256 key is generated at start
 //   IDP_CLIENT_SECRET    secret of the confidential test clients (mcp-client*)
 //   IDP_GATEWAY_SECRET   secret of the gateway's own client (mcp-gateway)
+//   IDP_CIMD_ORIGIN      HTTPS origin of Client ID Metadata Documents (e.g. https://client.test), fetched
+//                        instead from IDP_CIMD_SERVE (e.g. http://127.0.0.1:PORT): a test serves the
+//                        documents over plain HTTP on loopback, which CIMD itself would never fetch
 //
 // What it offers: client credentials, authorization code + PKCE (headless through the dev
 // interaction forms), refresh tokens, revocation, introspection (RFC 7662), dynamic client
-// registration, resource indicators (RFC 8707) where any http(s) resource is accepted (JWT access
+// registration, Client ID Metadata Documents (draft-02; client_id is an https URL), resource indicators (RFC 8707) where any http(s) resource is accepted (JWT access
 // tokens, opaque ones for clients whose metadata says access_token_format=opaque or resources whose
 // URL contains "opaque"), and token exchange (RFC 8693) registered as a custom grant type because
 // oidc-provider has no built-in one. Tokens carry a `groups` claim from the client metadata
@@ -105,8 +108,23 @@ function tokenTtl(_ctx, token, client) {
   return token.resourceServer?.accessTokenTTL || client?.metadata().access_token_ttl || 300;
 }
 
+const cimdOrigin = process.env.IDP_CIMD_ORIGIN;
+const cimdServe = process.env.IDP_CIMD_SERVE;
+
+// Outgoing fetches (CIMD documents only): an https://IDP_CIMD_ORIGIN/... URL is read from
+// IDP_CIMD_SERVE/... instead, without the SSRF guard (which refuses loopback, where the test serves).
+async function fetchForTests(url, options) {
+  const target = String(url);
+  if (cimdOrigin && cimdServe && target.startsWith(`${cimdOrigin}/`)) {
+    const { dispatcher: _unused, ...rest } = options;
+    return globalThis.fetch(cimdServe + target.slice(cimdOrigin.length), rest);
+  }
+  return globalThis.fetch(url, options);
+}
+
 const provider = new Provider(issuer, {
   clients,
+  fetch: fetchForTests,
   jwks,
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
   scopes: ['openid', 'offline_access', 'mcp:tools', 'mcp:admin', 'upstream:read'],
@@ -147,6 +165,7 @@ const provider = new Provider(issuer, {
     introspection: { enabled: true, allowedPolicy: async (_ctx, client) => client.clientAuthMethod !== 'none' },
     revocation: { enabled: true, allowedPolicy: async (_ctx, client, token) => client.clientId === token.clientId },
     registration: { enabled: true },
+    clientIdMetadataDocument: { enabled: true, ack: 'draft-02' },
     resourceIndicators: {
       enabled: true,
       defaultResource: async (_ctx, _client, oneOf) => (oneOf ? oneOf[0] : undefined),

@@ -161,31 +161,10 @@ class Idp:
             "prompt": "consent",
         }
         with httpx2.Client(timeout=10, follow_redirects=False) as browser:
-            response = browser.get(authorization_endpoint or f"{self.issuer}/auth", params=params)
-            for _ in range(10):
-                location = response.headers.get("location", "")
-                if location.startswith(redirect_uri):
-                    break
-                assert response.status_code in (302, 303), (
-                    f"unexpected {response.status_code}: {response.text[:300]}"
-                )
-                url = urljoin(str(response.url), location)
-                page = browser.get(url)
-                if page.status_code in (302, 303):
-                    response = page
-                    continue
-                # A dev interaction form: post the login, then the consent.
-                prompt = re.search(r'name="prompt" value="(\w+)"', page.text)
-                assert prompt, f"no interaction form at {url}: {page.text[:300]}"
-                form = {"prompt": prompt.group(1)}
-                if form["prompt"] == "login":
-                    form.update(login=account, password="any")
-                response = browser.post(url, data=form)
-            else:
-                raise AssertionError("authorization flow did not reach the redirect URI")
-            query = parse_qs(urlsplit(response.headers["location"]).query)
-            assert query.get("state") == [state], query
-            assert "code" in query, query
+            first = browser.get(authorization_endpoint or f"{self.issuer}/auth", params=params)
+            query = parse_qs(urlsplit(login(browser, first, redirect_uri, account=account)).query)
+        assert query.get("state") == [state], query
+        assert "code" in query, query
         return self._token_request(
             {
                 "grant_type": "authorization_code",
@@ -212,6 +191,35 @@ class Idp:
         )
 
 
+def login(browser: httpx2.Client, response: httpx2.Response, redirect_uri: str, *, account: str = "alice") -> str:
+    """What a user's browser does from an authorization request's first answer (`response`): the dev
+    login and consent forms, posted headlessly. Returns the redirect URL with the code (or an error)."""
+    for _ in range(10):
+        location = response.headers.get("location", "")
+        if location.startswith(redirect_uri):
+            return location
+        assert response.status_code in (302, 303), f"unexpected {response.status_code}: {response.text[:300]}"
+        url = urljoin(str(response.url), location)
+        page = browser.get(url)
+        if page.status_code in (302, 303):
+            response = page
+            continue
+        # A dev interaction form: post the login, then the consent.
+        prompt = re.search(r'name="prompt" value="(\w+)"', page.text)
+        assert prompt, f"no interaction form at {url}: {page.text[:300]}"
+        form = {"prompt": prompt.group(1)}
+        if form["prompt"] == "login":
+            form.update(login=account, password="any")
+        response = browser.post(url, data=form)
+    raise AssertionError("authorization flow did not reach the redirect URI")
+
+
+def browse_login(authorization_url: str, redirect_uri: str, *, account: str = "alice") -> str:
+    """A headless browser opening an authorization URL and logging in; returns the redirect URL."""
+    with httpx2.Client(timeout=10, follow_redirects=False) as browser:
+        return login(browser, browser.get(authorization_url), redirect_uri, account=account)
+
+
 def _require_components() -> str:
     node = node22()
     if not (NPM_MODULES / "oidc-provider" / "lib" / "index.js").exists():
@@ -227,8 +235,12 @@ def idp_server(
     jwks: dict[str, Any] | None = None,
     client_secret: str | None = None,
     gateway_secret: str | None = None,
+    cimd: tuple[str, str] | None = None,
 ) -> Iterator[Idp]:
-    """Run the test IdP on 127.0.0.1 for the duration of the block (a free port unless given)."""
+    """Run the test IdP on 127.0.0.1 for the duration of the block (a free port unless given).
+
+    `cimd`: (https origin of Client ID Metadata Documents, http://127.0.0.1:PORT that serves them).
+    """
     node = _require_components()
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -243,6 +255,8 @@ def idp_server(
         "IDP_CLIENT_SECRET": idp.client_secret,
         "IDP_GATEWAY_SECRET": idp.gateway_secret,
     }
+    if cimd is not None:
+        env["IDP_CIMD_ORIGIN"], env["IDP_CIMD_SERVE"] = cimd
     if jwks is not None:
         idp.jwks_file = workdir / f"jwks-{port}-{secrets.token_hex(4)}.json"
         idp.jwks_file.write_text(json.dumps(jwks))

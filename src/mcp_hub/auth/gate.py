@@ -36,6 +36,8 @@ log = structlog.get_logger(__name__)
 CONSUMER_KEY = "mcp_hub.consumer"
 ACCESS_TOKEN_KEY = "mcp_hub.access_token"
 API_KEY_HEADER = "x-api-key"
+# How a caller sends an API key: every refusal of a key-only gateway says it.
+API_KEY_HOWTO = "send the key as `Authorization: Bearer <key>` (or `X-Api-Key: <key>`)"
 
 
 def consumer_of(scope: Scope) -> Consumer | None:
@@ -46,6 +48,16 @@ def consumer_of(scope: Scope) -> Consumer | None:
 def access_token_of(scope: Scope) -> AccessToken | None:
     """The verified access token `AuthGate` stored in an ASGI scope, if any."""
     return scope.get(ACCESS_TOKEN_KEY)
+
+
+def token_audiences(token: AccessToken) -> list[str]:
+    """Every audience of a verified token: its `aud` claim (string or list), else its resource."""
+    claims = getattr(token, "claims", None) or {}
+    aud = claims.get("aud") if isinstance(claims, dict) else None
+    found = [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
+    if not found and token.resource:
+        found = [str(token.resource)]
+    return found
 
 
 class _Refusal(Exception):
@@ -67,8 +79,11 @@ class AuthGate:
     """Authenticates every HTTP/WebSocket request before it reaches `app`; lifespan passes through.
 
     `verifier` checks bearer tokens (OAuth); it may be None when `config.mode` has no `oauth`.
-    `resource` is the resource URL of the protected path when it differs from `config.resource`
-    (per-path metadata such as `/mcp/time`); tokens for either are accepted.
+    `resource` is the resource URL of the protected path (its own RFC 9728 resource, such as
+    `/mcp/time` or `/time`); a token is accepted when its audience is that URL or `config.resource`
+    (the gateway as a whole), and refused, naming both, when it is for anything else (another route).
+    `required_scopes` are the route's scopes (default: `config.required_scopes`): checked (403) and
+    named in every challenge's `scope=`, so a client asks for exactly them.
     """
 
     def __init__(
@@ -79,6 +94,7 @@ class AuthGate:
         *,
         resource_metadata_url: str | None,
         resource: str | None = None,
+        required_scopes: list[str] | None = None,
     ) -> None:
         if "oauth" in config.methods and verifier is None:
             raise ValueError(
@@ -89,6 +105,7 @@ class AuthGate:
         self.verifier = verifier
         self.resource_metadata_url = resource_metadata_url
         self.resource = resource or config.resource
+        self.required_scopes = list(config.required_scopes if required_scopes is None else required_scopes)
         self.api_keys = ApiKeyVerifier(config.api_keys) if "api_key" in config.methods else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,6 +147,9 @@ class AuthGate:
             auth_context_var.reset(reset)
 
     async def _authenticate(self, headers: Headers) -> AccessToken:
+        # Without OAuth, nothing but a key gets in: every refusal says so and how to send one (a
+        # client must not be left guessing, or sent looking for an authorization server).
+        keys_only = self.api_keys is not None and "oauth" not in self.config.methods
         api_key = headers.get(API_KEY_HEADER)
         if api_key is not None and self.api_keys is not None:
             return await self._verify(self.api_keys, api_key.strip())
@@ -138,12 +158,18 @@ class AuthGate:
         scheme, _, credential = authorization.partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
-            raise _Refusal(401, None, "authentication required")
+            if not keys_only:
+                raise _Refusal(401, None, "authentication required", scope_needed=self._scope_param())
+            if authorization:
+                raise _Refusal(401, None, f"API key missing: the Authorization header is not `Bearer <key>`; "
+                                          f"{API_KEY_HOWTO}")
+            raise _Refusal(401, None, f"API key missing: this gateway needs an API key; {API_KEY_HOWTO}")
 
         if self.api_keys is not None and self.api_keys.match(credential) is not None:
             return await self._verify(self.api_keys, credential)
         if self.verifier is None:
-            raise _Refusal(401, "invalid_token", "unknown API key")
+            raise _Refusal(401, "invalid_token", "unknown API key: the key is wrong or no longer valid "
+                                                 f"(ask for a new one); {API_KEY_HOWTO}")
         token = await self._verify(self.verifier, credential)
         self._check_oauth_token(token)
         return token
@@ -158,7 +184,10 @@ class AuthGate:
                     raise InvalidToken("token refused")
                 token = found
         except AuthError as exc:
-            raise _Refusal(401, "invalid_token", exc.description) from None
+            description = exc.description
+            if verifier is self.api_keys:
+                description += f": the key is wrong or no longer valid (ask for a new one); {API_KEY_HOWTO}"
+            raise _Refusal(401, "invalid_token", description) from None
         except Exception as exc:  # noqa: BLE001 - a verifier bug must be a 401, never a 500
             log.warning("auth.verifier_failed", error=type(exc).__name__)
             raise _Refusal(401, "invalid_token", "token verification failed") from None
@@ -171,17 +200,36 @@ class AuthGate:
         if token.expires_at is not None and token.expires_at < time.time() - self.config.leeway_s:
             raise _Refusal(401, "invalid_token", "token expired")
         if not self.config.insecure_relaxed_audience and self.config.resource:
-            accepted = [r for r in (self.config.resource, self.resource) if r]
-            if token.resource is None or not any(same_url(token.resource, r) for r in accepted):
-                raise _Refusal(401, "invalid_token", "token audience is not this resource")
-        missing = [s for s in self.config.required_scopes if s not in token.scopes]
+            self._check_audience(token)
+        missing = [s for s in self.required_scopes if s not in token.scopes]
         if missing:
             raise _Refusal(
                 403,
                 "insufficient_scope",
                 f"required scope: {' '.join(missing)}",
-                scope_needed=" ".join(self.config.required_scopes),
+                scope_needed=self._scope_param(),
             )
+
+    def _check_audience(self, token: AccessToken) -> None:
+        """The route's own resource URL, or `auth.resource` (the whole gateway); nothing else."""
+        accepted = [r for r in (self.resource, self.config.resource) if r]
+        audiences = token_audiences(token)
+        if any(same_url(a, r) for a in audiences for r in accepted):
+            return
+        named = ", ".join(audiences) if audiences else "no audience"
+        raise _Refusal(
+            401,
+            "invalid_token",
+            f"token audience is not this resource: the token is for {named}, this route is {self.resource}; "
+            f"get a token for {self.resource}",
+            scope_needed=self._scope_param(),
+        )
+
+    def _scope_param(self) -> str | None:
+        # Only where OAuth is on: a key-only gateway must not send clients looking for scopes.
+        if "oauth" not in self.config.methods or not self.required_scopes:
+            return None
+        return " ".join(self.required_scopes)
 
     async def _refuse(self, scope: Scope, send: Send, refusal: _Refusal) -> None:
         if scope["type"] == "websocket":

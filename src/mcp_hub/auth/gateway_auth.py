@@ -10,7 +10,7 @@ await auth.aclose()                            # at shutdown
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx2
@@ -18,6 +18,7 @@ from mcp.server.auth.provider import TokenVerifier
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from mcp_hub.auth.authserver import AuthorizationServerMetadata
 from mcp_hub.auth.credentials import UpstreamCredentials, build_upstream_credentials
 from mcp_hub.auth.gate import AuthGate
 from mcp_hub.auth.metadata import gateway_resource_routes, resource_for_path, resource_metadata_url
@@ -60,27 +61,49 @@ class GatewayAuth:
         self.config = config
         self._owns_http = http is None
         self.http = http or httpx2.AsyncClient(timeout=config.http_timeout_s, follow_redirects=False)
-        self.verifier = verifier or build_verifier(config, http=self.http)
+        # The resource URL of every protected path: each is a resource of its own (the verifier
+        # accepts their audiences, each path's gate accepts its own and `config.resource`).
+        self.resources: set[str] = set()
+        self.verifier = verifier or build_verifier(config, http=self.http, routes=self.resources)
 
     def resource_for(self, path: str) -> str | None:
         """The resource URL of a gateway path (`/mcp/time` → `https://hub.example/mcp/time`)."""
         return resource_for_path(self.config.resource, path) if self.config.resource else None
 
-    def protect(self, app: ASGIApp, path: str) -> ASGIApp:
-        """`app` behind an `AuthGate` whose 401s point at this path's protected resource metadata."""
+    def protect(self, app: ASGIApp, path: str, required_scopes: Sequence[str] | None = None) -> ASGIApp:
+        """`app` behind an `AuthGate` whose 401s point at this path's protected resource metadata.
+
+        `required_scopes`: the path's own (a route's `required_scopes`), else `auth.required_scopes`.
+        """
         resource = self.resource_for(path)
+        if resource:
+            self.resources.add(resource)
         metadata_url = (
             resource_metadata_url(resource) if resource and "oauth" in self.config.methods else None
         )
         return AuthGate(
-            app, self.config, self.verifier, resource_metadata_url=metadata_url, resource=resource
+            app,
+            self.config,
+            self.verifier,
+            resource_metadata_url=metadata_url,
+            resource=resource,
+            required_scopes=None if required_scopes is None else list(required_scopes),
         )
 
-    def routes(self, paths: Iterable[str]) -> list[Route]:
-        """Protected resource metadata routes for the given gateway paths (none unless OAuth is on)."""
+    def routes(
+        self, paths: Iterable[str], scopes: Mapping[str, Sequence[str]] | None = None
+    ) -> list[Route]:
+        """Protected resource metadata routes for the given gateway paths (none unless OAuth is on).
+
+        `scopes`: a path's own required scopes where they differ from `auth.required_scopes`.
+        """
         if "oauth" not in self.config.methods:
             return []
-        return gateway_resource_routes(self.config, paths)
+        paths = list(paths)
+        self.resources.update(r for r in map(self.resource_for, paths) if r)
+        servers = self.config.authorization_servers or ([self.config.issuer] if self.config.issuer else [])
+        as_metadata = AuthorizationServerMetadata(servers[0], self.http) if servers else None
+        return gateway_resource_routes(self.config, paths, scopes=scopes, as_metadata=as_metadata)
 
     def credentials(self, data: UpstreamCredentialConfig | Mapping[str, Any] | None) -> UpstreamCredentials:
         """The credentials object for one upstream's `credentials:` block."""

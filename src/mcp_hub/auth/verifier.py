@@ -13,7 +13,7 @@ import hmac
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
@@ -91,15 +91,21 @@ def within_resource(audience: str, resource: str) -> bool:
     return same_url(audience, resource) or audience.rstrip("/").startswith(resource.rstrip("/") + "/")
 
 
-def _matching_audience(aud: Any, resource: str) -> str | None:
+def _matching_audience(aud: Any, resource: str, routes: Collection[str] = ()) -> str | None:
     audiences = [
         a
         for a in ([aud] if isinstance(aud, str) else aud if isinstance(aud, list) else [])
         if isinstance(a, str)
     ]
-    # The exact resource first; a per-path resource of this gateway (RFC 9728 per path) second.
+    # The exact resource first; a per-path resource of this gateway (RFC 9728 per path) second,
+    # under the resource or one of the gateway's own routes (`routes`: a route outside the resource's
+    # path, `/time` beside `/mcp`, is its own resource too). Which route may use it is the gate's call.
     exact = next((a for a in audiences if same_url(a, resource)), None)
-    return exact or next((a for a in audiences if within_resource(a, resource)), None)
+    return (
+        exact
+        or next((a for a in audiences if within_resource(a, resource)), None)
+        or next((a for a in audiences for r in list(routes) if same_url(a, r)), None)
+    )
 
 
 def _resource_of(aud: Any) -> str | None:
@@ -233,6 +239,7 @@ class JWTVerifier(_VerifierBase):
         leeway_s: float = 30.0,
         relaxed_audience: bool = False,
         algorithms: Sequence[str] = JWT_ALGORITHMS,
+        routes: Collection[str] = (),
     ) -> None:
         if resource is None and not relaxed_audience:
             raise ValueError(
@@ -244,6 +251,7 @@ class JWTVerifier(_VerifierBase):
         self.leeway_s = leeway_s
         self.relaxed_audience = relaxed_audience
         self.algorithms = list(algorithms)
+        self.routes = routes  # the gateway's route resource URLs (a live set: routes are added later)
 
     async def check(self, token: str) -> AccessToken:
         """Verify a JWT access token; raises `InvalidToken` or `AuthServerUnavailable`."""
@@ -296,7 +304,7 @@ class JWTVerifier(_VerifierBase):
 
         resource = _resource_of(claims.get("aud"))
         if self.resource is not None:
-            matched = _matching_audience(claims.get("aud"), self.resource)
+            matched = _matching_audience(claims.get("aud"), self.resource, self.routes)
             if matched is None and not self.relaxed_audience:
                 raise InvalidToken("token audience is not this resource")
             resource = matched or resource
@@ -337,6 +345,7 @@ class IntrospectionVerifier(_VerifierBase):
         resource: str | None,
         leeway_s: float = 30.0,
         relaxed_audience: bool = False,
+        routes: Collection[str] = (),
     ) -> None:
         if config.endpoint is None and metadata is None:
             raise ValueError("introspection needs an endpoint or authorization server metadata to find one")
@@ -351,6 +360,7 @@ class IntrospectionVerifier(_VerifierBase):
         self.resource = resource
         self.leeway_s = leeway_s
         self.relaxed_audience = relaxed_audience
+        self.routes = routes
         self._cache: OrderedDict[str, tuple[float, AccessToken]] = OrderedDict()
         self.requests = 0  # how many introspection calls were made (tests and metrics read it)
 
@@ -396,7 +406,7 @@ class IntrospectionVerifier(_VerifierBase):
             raise InvalidToken("token issuer is not the configured authorization server")
         resource = _resource_of(body.get("aud"))
         if self.resource is not None:
-            matched = _matching_audience(body.get("aud"), self.resource)
+            matched = _matching_audience(body.get("aud"), self.resource, self.routes)
             if matched is None and not self.relaxed_audience:
                 raise InvalidToken("token audience is not this resource")
             resource = matched or resource
@@ -491,13 +501,16 @@ class OAuthVerifier(CombinedVerifier):
             await self.http.aclose()
 
 
-def build_verifier(config: AuthConfig, *, http: httpx2.AsyncClient | None = None) -> OAuthVerifier | None:
+def build_verifier(
+    config: AuthConfig, *, http: httpx2.AsyncClient | None = None, routes: Collection[str] = ()
+) -> OAuthVerifier | None:
     """The OAuth token verifier for a config (None when OAuth is not enabled).
 
     JWTs are verified against `jwks_uri` (or the one the first authorization server advertises);
     `introspection` enables RFC 7662 for opaque tokens. The issuer is `issuer`, else the first
     authorization server. Give `http` to share one HTTP client; otherwise one is created and
-    `aclose()` closes it.
+    `aclose()` closes it. `routes`: the resource URLs of the gateway's routes (a set the caller keeps
+    filling), accepted as audiences beside `config.resource` and the paths under it.
     """
     if "oauth" not in config.methods:
         return None
@@ -522,6 +535,7 @@ def build_verifier(config: AuthConfig, *, http: httpx2.AsyncClient | None = None
             resource=config.resource,
             leeway_s=config.leeway_s,
             relaxed_audience=config.insecure_relaxed_audience,
+            routes=routes,
         )
     introspection: IntrospectionVerifier | None = None
     if config.introspection is not None:
@@ -533,5 +547,6 @@ def build_verifier(config: AuthConfig, *, http: httpx2.AsyncClient | None = None
             resource=config.resource,
             leeway_s=config.leeway_s,
             relaxed_audience=config.insecure_relaxed_audience,
+            routes=routes,
         )
     return OAuthVerifier(jwt_verifier, introspection, client, owns_http=owns_http)

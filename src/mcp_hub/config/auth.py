@@ -53,7 +53,17 @@ class AuthConfig(_Model):
     """How callers authenticate to the gateway and how their tokens become consumers."""
 
     mode: Literal["none", "oauth", "api_key"] | list[AuthMethod] = "none"
-    resource: str | None = None
+    resource: str | None = Field(
+        default=None,
+        description="The gateway's resource URL (e.g. https://hub.example/mcp); its origin is every route's. "
+        "Each route is a protected resource of its own (RFC 9728 metadata at "
+        "/.well-known/oauth-protected-resource<path>, `resource` = the route's URL, wherever its path is): on "
+        "a route, a token is accepted when its audience is that route's URL, or this `resource` (one token for "
+        "the whole gateway, accepted on every route, under this path or not); a token for another route is "
+        "refused with 401 invalid_token naming its audience. Clients need nothing but the route's URL: the "
+        "gateway takes tokens whatever way the client registered (dynamic registration, a Client ID "
+        "Metadata Document, or a pre-registered client).",
+    )
     authorization_servers: list[str] = Field(default_factory=list)
     consumer_claim: str = "sub"
     groups_claim: str = "groups"
@@ -61,7 +71,22 @@ class AuthConfig(_Model):
     jwks_uri: str | None = None
     introspection: IntrospectionConfig | None = None
     issuer: str | None = None
-    required_scopes: list[str] = Field(default_factory=list)
+    required_scopes: list[str] = Field(
+        default_factory=list,
+        description="OAuth scopes a token needs (403 insufficient_scope without them), unless a route sets its "
+        "own (`servers[].required_scopes`). Every route's metadata publishes its scopes as `scopes_supported` "
+        "(when none are needed: `offline_access` if the authorization server offers it, else an empty list; "
+        "never absent, or clients ask for every scope the server offers, admin ones included), and every 401 "
+        "and 403 names them in `scope=`. A `${VAR}` (or `${VAR:-[a, b]}`) here, as at any key that takes a "
+        "list, may give a YAML list.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (e.g. https://app.example, or `*`) allowed to call the MCP routes "
+        "cross-origin: preflights answered, `WWW-Authenticate` and `Mcp-Session-Id` exposed (401s included). "
+        "Default none. The protected resource metadata allows any origin whatever this says. With "
+        "DNS-rebinding protection on (loopback binds), these origins are allowed there too.",
+    )
     leeway_s: float = Field(default=30.0, ge=0)
     insecure_relaxed_audience: bool = False
     static_groups: dict[str, list[str]] = Field(default_factory=dict)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mcp_hub.config.env import interpolate
 from mcp_hub.config.errors import ConfigError
+from mcp_hub.config.yamlfile import load_yaml
 
-# The shipped connectors live at the top of the source tree, beside src/.
-CONNECTORS_DIR = Path(__file__).resolve().parents[3] / "connectors"
+# The shipped connectors are package data (mcp_hub/connectors/*.yaml), so they come with every install.
+CONNECTORS_DIR = Path(__file__).resolve().parents[1] / "connectors"
 
 
 def connector_path(name: str, base_dir: Path | None = None) -> Path | None:
@@ -27,6 +26,7 @@ def connector_path(name: str, base_dir: Path | None = None) -> Path | None:
 
 
 def available() -> list[str]:
+    """Names of the shipped connectors."""
     return sorted(p.stem for p in CONNECTORS_DIR.glob("*.yaml")) if CONNECTORS_DIR.is_dir() else []
 
 
@@ -45,7 +45,11 @@ def expand_includes(raw: dict[str, Any], *, base_dir: Path | None, source: str |
         if path is None:
             known = ", ".join(available()) or "none"
             raise ConfigError([f"include[{index}]: no connector named {name!r} (known: {known})"], source)
-        data = interpolate(yaml.safe_load(path.read_text()) or {}, f"include[{index}]")
+        try:
+            loaded = load_yaml(path.read_text(), str(path))
+        except ConfigError as exc:
+            raise ConfigError([f"include[{index}] ({path.name}): {p}" for p in exc.problems], source) from None
+        data = interpolate(loaded or {}, f"include[{index}]")
         for section, entries in included.items():
             entries.update(data.get(section) or {})
     for section, entries in included.items():

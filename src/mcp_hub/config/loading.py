@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from mcp_hub.config.env import interpolate
@@ -14,6 +13,7 @@ from mcp_hub.config.errors import ConfigError, format_validation_error
 from mcp_hub.config.includes import expand_includes
 from mcp_hub.config.models import GatewayConfig
 from mcp_hub.config.policy import PolicyConfig
+from mcp_hub.config.yamlfile import load_yaml
 
 
 def parse_config(raw: Any, *, source: str | None = None, base_dir: Path | None = None) -> GatewayConfig:
@@ -31,11 +31,11 @@ def parse_config(raw: Any, *, source: str | None = None, base_dir: Path | None =
     try:
         config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
-        problems += format_validation_error(exc)
+        problems += format_validation_error(exc, model=GatewayConfig, root_keys=PolicyConfig.model_fields)
     try:
         policy = PolicyConfig.model_validate(policy_raw)
     except ValidationError as exc:
-        problems += format_validation_error(exc)
+        problems += format_validation_error(exc, model=PolicyConfig)
     if problems or config is None or policy is None:
         raise ConfigError(problems, source)
     config.policy = policy
@@ -50,12 +50,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Gatew
         text = path.read_text()
     except OSError as exc:
         raise ConfigError([f"cannot read config: {exc.strerror}"], str(path)) from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"<root>: not valid YAML{where}: {getattr(exc, 'problem', exc)}"], str(path)) from None
+    raw = load_yaml(text, str(path))
     try:
         raw = interpolate(raw, env=env)
     except ConfigError as exc:

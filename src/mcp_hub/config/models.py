@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from mcp_hub.config.admin import AdminConfig
-from mcp_hub.config.auth import AuthConfig
+from mcp_hub.config.auth import AuthConfig, UpstreamCredentialConfig
 from mcp_hub.config.openapi import OpenAPIUpstreamConfig
 from mcp_hub.config.policy import PolicyConfig
 
@@ -16,7 +16,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # hide_input_in_errors: headers, env and credentials hold secrets; an error names the key, never the value.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, hide_input_in_errors=True)
 
 
 class _UpstreamCommon(_Model):
@@ -42,8 +43,8 @@ class _UpstreamCommon(_Model):
         default="shared",
         description="shared: one upstream session for all callers; per_consumer: one per consumer.",
     )
-    credentials: dict[str, Any] | None = Field(
-        default=None, description="How the gateway authenticates to this upstream (see auth docs)."
+    credentials: UpstreamCredentialConfig | None = Field(
+        default=None, description="How the gateway authenticates to this upstream (one of four `mode`s, below)."
     )
 
 
@@ -91,6 +92,11 @@ class ServerRoute(_Model):
         description="For an upstream that runs its own OAuth (the GitHub remote MCP pattern): callers identify "
         "to the gateway with X-Api-Key and bring the upstream's token in Authorization; this route's protected "
         "resource metadata names these authorization servers, with the route as the resource.",
+    )
+    required_scopes: list[str] | None = Field(
+        default=None,
+        description="OAuth scopes a token needs on this route (403 insufficient_scope without them); default "
+        "`auth.required_scopes`. Published as this route's `scopes_supported` and in its challenges' `scope=`.",
     )
 
 

@@ -105,7 +105,8 @@ TOKEN_COUNTERS: set[str] = {"estimate", "bytes"}
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: an error names the key, never the value it was given.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 class AccessRules(_Model):

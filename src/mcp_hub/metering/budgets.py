@@ -1,64 +1,97 @@
-"""Token budgets, request rate limits and cost, counted in a `limits` storage (memory or Redis).
+"""Token budgets, request rate limits and cost, with holds that keep budgets under concurrency.
 
-The gateway calls, per tools/call::
+The meter calls, per tools/call::
 
-    await budgets.admit(consumer, tool, upstream)      # before: raises LimitExceeded
+    hold = await budgets.admit(consumer, tool, upstream, tokens_in=n)   # before: raises LimitExceeded
     ...call the upstream...
-    await budgets.charge(consumer, tool, upstream, tokens_in, tokens_out)
+    await budgets.charge(consumer, tool, upstream, tokens_in, tokens_out, hold=hold)   # it answered
+    await budgets.release(hold)                                   # or: it failed, was cancelled, ...
     cost = budgets.cost_of(tool, tokens_in, tokens_out)
 
 Which rules apply to a call: every budget and rate limit of every group the consumer is in
 (a call counts against each of its groups), the consumer's own (`consumers.<name>`), and the
 top-level ones (each consumer its own), filtered by each rule's `tools` and `upstreams` globs.
 
-Token budgets are checked at admit (is any applicable budget already spent?) and charged after
-the call with the real count, so one call may overshoot a budget; the overshoot is recorded in
-full and the next call is refused. Several processes sharing one Redis therefore admit at most
-the limit plus one in-flight call each. Request rate limits are hit (counted) at admit.
+**Holds.** Admission puts a hold on every token budget the call counts against, in the same
+atomic storage operation that checks all of the call's budgets and rate limits and hits the
+rate limits (ledger.py): all or nothing, a refused call holds and counts nothing. Settlement
+replaces the hold with what the call used, in one more operation; a call that does not complete
+(failed, cancelled, refused later, answered `input_required`) releases its hold.
 
-`limits` refuses a hit whose cost is above the item's amount (and moving/sliding windows refuse
-any hit that would cross it), which would drop the overshoot. Token counters therefore use an
-item whose amount is a large capacity (`_CAPACITY`), so every charge is recorded in full, and
-the budget's own limit is compared with the usage read back from the storage.
+What a call holds on a budget is what it will count there (the rule's `count`): its input tokens,
+known at admission (the token counter over the arguments), plus its output estimate, the output
+tokens of the tool's recent calls in this process (`OutputEstimate`: the largest recent output,
+decaying towards smaller ones; 1,024 before the tool has answered once). A hold is at most half
+of the budget's limit, so one call (even one larger than the whole budget) never locks a budget's
+other users out while it runs.
+
+A call is admitted on a budget when `spent + held + its hold <= limit`, where `spent` is what the
+window has charged and `held` what calls in flight hold (across every replica sharing the
+storage). A call alone on a budget (nothing held) is admitted while `spent < limit`, holding what
+is left: one caller at a time sees the budget as before, and can cross it by its last call.
+After every admission `spent + held <= limit`.
+
+**Guarantee.** For every token budget and every window (as its strategy counts windows): the
+tokens charged in the window never exceed the limit by more than the sum, over the calls charged
+in that window, of what each used beyond its hold (`max(0, charged - held)`). A call charged
+without a hold counts in full: a call let through with the storage unreachable (`fail_open`), the
+round of a 2026-07-28 call that completes after the upstream asked for input (its first round
+released its hold), a call whose hold lapsed (`hold_ttl`, default 10 minutes or the window if
+longer: holds of a replica that died mid-call free themselves), and a call admitted before a
+reload that changed its rules. So calls that use no more than they hold never take a budget
+past its limit, however many run at once on however many replicas.
+
+Rate limits are counted when the call is admitted (never released): exactly the limit per window.
+
+The storage is the config's `storage` (memory or Redis), opened with `limits`; every admission
+and every settlement is one operation over all of the call's rules (one `EVALSHA` in Redis).
 
 `on_remaining(snapshots)` (optional) hears what is left of each token budget a call counts
-against, after its admission and after its charge (e.g. `Metrics.set_budget_remaining`).
+against (limit minus spent; holds are not subtracted), after its admission and its settlement
+(e.g. `Metrics.set_budget_remaining`), from the numbers the operation returned.
 
 Counters are keyed by the rule's path (`groups.developer.budgets[0]`), its strategy and window,
 and the subject (group or consumer name), so replicas with the same config share them; changing
-a rule's limit keeps its usage, reordering rules starts counters afresh.
+a rule's limit keeps its usage, changing its window or strategy or reordering rules starts
+counters afresh.
 
 Strategies: `fixed-window` (default for budgets; one counter, exact reset time),
 `sliding-window-counter` (two counters, smoother), `moving-window` (default for rate limits;
-exact, but stores one entry per unit, so keep it for request counts and small budgets).
+exact, one entry per call in the window).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import itertools
+import os
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 import structlog
-from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import STRATEGIES, RateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.config.policy import BudgetRule, CostRule, PolicyConfig, RateLimitRule, Scope
+from mcp_hub.metering.ledger import Admission, Ledger, Line, State, ledger_for, make_line
 
-__all__ = ["Budgets", "BudgetSnapshot", "LimitExceeded", "StorageUnavailable"]
+__all__ = ["Budgets", "BudgetSnapshot", "Hold", "LimitExceeded", "OutputEstimate", "StorageUnavailable"]
 
-# Token counters count against this capacity so limits never refuses (and drops) a charge.
+# A single charge is cut to this (a bogus usage report must not poison a counter).
 _CAPACITY = 10**12
-_NAMESPACE = "mcp-hub"
+# Output tokens held for a tool that has not answered yet in this process (about a page of text).
+DEFAULT_OUTPUT_TOKENS = 1024
+# Seconds a hold lives at least (twice the default upstream call_timeout); a rule's window if longer.
+HOLD_TTL = 600.0
 _log = structlog.get_logger("mcp_hub.policy")
+_STORAGE_ERRORS = (StorageError, OSError, TimeoutError)
 
 
 class LimitExceeded(Exception):
@@ -99,20 +132,61 @@ class BudgetSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """What an admitted call holds: its id in the storage, the token budgets it holds tokens on and how many."""
+
+    owner: Budgets
+    call_id: str
+    lines: tuple[Line, ...]
+    amounts: tuple[int, ...]  # per line
+
+
+class OutputEstimate:
+    """Per tool, the output tokens to hold for a call still running.
+
+    The largest recent output, decaying: a larger output raises the estimate at once, a smaller one
+    lowers it by an eighth of the gap. Holding what a tool's large answers take keeps the budget
+    (a hold too small lets calls in flight cross the limit; one too large only refuses calls a
+    little early near the limit, and they are refused with the time the budget frees up). Each
+    process learns on its own: no storage round trip.
+    """
+
+    def __init__(self, default: int = DEFAULT_OUTPUT_TOKENS) -> None:
+        self.default = default
+        self._by_tool: dict[str, int] = {}
+
+    def get(self, tool: str) -> int:
+        return self._by_tool.get(tool, self.default)
+
+    def observe(self, tool: str, tokens_out: int) -> None:
+        old = self._by_tool.get(tool)
+        if old is None or tokens_out >= old:
+            new = tokens_out
+        else:
+            new = old - (old - tokens_out) // 8
+        if old is None and len(self._by_tool) >= 10_000:  # one entry per tool; bound it all the same
+            self._by_tool.clear()
+        self._by_tool[tool] = new
+
+
+@dataclass(frozen=True, slots=True)
 class _Counter:
-    """One configured rule bound to its limits strategy and storage item."""
+    """One configured rule."""
 
     rule_id: str  # e.g. groups.developer.budgets[0]
     rule: BudgetRule | RateLimitRule
     scope: Scope
     group: str | None
-    limiter: RateLimiter
-    item: RateLimitItem
     unit: Literal["tokens", "requests"]
 
     @property
     def limit(self) -> int:
         return self.rule.tokens if isinstance(self.rule, BudgetRule) else self.rule.requests
+
+    @property
+    def cap(self) -> int:
+        """The largest hold one call may have: half the limit."""
+        return (self.limit + 1) // 2
 
     @property
     def description(self) -> str:
@@ -121,35 +195,25 @@ class _Counter:
     def subject(self, consumer: Consumer) -> str:
         return self.group if self.scope == "group" and self.group is not None else consumer.name
 
-    def key(self, subject: str) -> tuple[str, ...]:
-        # The strategy is part of the key: strategies keep different data types under one key.
-        return (self.unit, self.rule_id, self.rule.strategy, subject)
-
     def amount(self, tokens_in: int, tokens_out: int) -> int:
         count = self.rule.count if isinstance(self.rule, BudgetRule) else "total"
         return tokens_in if count == "input" else tokens_out if count == "output" else tokens_in + tokens_out
 
 
-_Bound = tuple[tuple[_Counter, str], ...]
+_Bound = tuple[_Counter, str, Line]
 
 
-class _Item(RateLimitItemPerSecond):
-    """A per-second item that remembers its storage keys (limits rebuilds them on every hit)."""
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The rules one (consumer, tool, upstream) counts against, token budgets first."""
 
-    __slots__ = ("_keys",)
+    tokens: tuple[_Bound, ...]
+    requests: tuple[_Bound, ...]
+    lines: tuple[Line, ...]  # token lines, then request lines
+    token_lines: tuple[Line, ...]
 
-    def __init__(self, amount: int, seconds: int) -> None:
-        super().__init__(amount, seconds, namespace=_NAMESPACE)
-        self._keys: dict[tuple[Any, ...], str] = {}
 
-    def key_for(self, *identifiers: bytes | str | int | float) -> str:
-        key = self._keys.get(identifiers)
-        if key is None:
-            key = super().key_for(*identifiers)
-            if len(self._keys) > 10_000:  # one entry per subject; bound it all the same
-                self._keys.clear()
-            self._keys[identifiers] = key
-        return key
+_LEDGERS: weakref.WeakKeyDictionary[Storage, Any] = weakref.WeakKeyDictionary()
 
 
 class Budgets:
@@ -162,11 +226,14 @@ class Budgets:
         storage: Storage | None = None,
         on_storage_error: Callable[[str], None] | None = None,
         on_remaining: Callable[[list[BudgetSnapshot]], None] | None = None,
+        estimate: OutputEstimate | None = None,
+        hold_ttl: float = HOLD_TTL,
     ) -> None:
         """Build counters for every rule. `storage` overrides the config's (tests, a shared one).
 
         `on_storage_error(operation)` is called whenever the storage fails (e.g. a metric).
         `on_remaining(snapshots)` gets the token budgets of a call after its admit and its charge.
+        `estimate` is the output estimate to share (a reloaded config keeps what was learnt).
         """
         self.policy = policy
         if storage is None:
@@ -176,15 +243,20 @@ class Budgets:
                 options = {"connect_timeout": policy.storage_timeout, "stream_timeout": policy.storage_timeout}
             storage = storage_from_string(policy.limits_storage_uri, wrap_exceptions=True, **options)
         self.storage: Storage = storage
+        self.estimate = estimate if estimate is not None else OutputEstimate()
+        self.hold_ttl = hold_ttl
         self._on_storage_error = on_storage_error
         self._on_remaining = on_remaining
         self._in_memory = isinstance(storage, MemoryStorage)
-        self._limiters: dict[str, RateLimiter] = {}
+        self._ledger: Ledger | None = None
         self._groups: dict[str, list[_Counter]] = {}
         self._consumers: dict[str, list[_Counter]] = {}
         self._everyone: list[_Counter] = []
-        self._bound: dict[tuple[str, tuple[str, ...], str, str | None], tuple[_Bound, _Bound]] = {}
+        self._plans: dict[tuple[str, tuple[str, ...], str, str | None], _Plan] = {}
+        self._lines: dict[tuple[str, str], Line] = {}
         self._cost_rules: dict[str, CostRule | None] = {}
+        self._ids = itertools.count(1)
+        self._id_prefix = f"c{os.urandom(5).hex()}."  # unique across replicas sharing a Redis
         self._last_error_log = 0.0
         self._errors_since_log = 0
         for name, group in policy.groups.items():
@@ -193,15 +265,20 @@ class Budgets:
             self._consumers[name] = self._counters(f"consumers.{name}", own.budgets, own.rate_limits, "consumer", None)
         self._everyone = self._counters("", policy.budgets, policy.rate_limits, "consumer", None)
 
+    @property
+    def ledger(self) -> Ledger:
+        """Where the counters are: one per storage, shared by every `Budgets` over it (a reload)."""
+        if self._ledger is None:
+            found = _LEDGERS.get(self.storage)
+            if found is None:
+                found = _LEDGERS[self.storage] = ledger_for(self.storage)
+            self._ledger = found
+        return self._ledger
+
     # -- building ---------------------------------------------------------------------------
 
-    def _limiter(self, strategy: str) -> RateLimiter:
-        if strategy not in self._limiters:
-            self._limiters[strategy] = STRATEGIES[strategy](self.storage)
-        return self._limiters[strategy]
-
+    @staticmethod
     def _counters(
-        self,
         prefix: str,
         budgets: list[BudgetRule],
         rate_limits: list[RateLimitRule],
@@ -211,16 +288,9 @@ class Budgets:
         dot = f"{prefix}." if prefix else ""
         counters: list[_Counter] = []
         for i, budget in enumerate(budgets):
-            counters.append(_Counter(
-                f"{dot}budgets[{i}]", budget, budget.per or default_scope, group,
-                self._limiter(budget.strategy),
-                _Item(_CAPACITY, budget.window), "tokens",
-            ))
+            counters.append(_Counter(f"{dot}budgets[{i}]", budget, budget.per or default_scope, group, "tokens"))
         for i, rate in enumerate(rate_limits):
-            counters.append(_Counter(
-                f"{dot}rate_limits[{i}]", rate, rate.per or "consumer", group, self._limiter(rate.strategy),
-                _Item(rate.requests, rate.window), "requests",
-            ))
+            counters.append(_Counter(f"{dot}rate_limits[{i}]", rate, rate.per or "consumer", group, "requests"))
         return counters
 
     def _all_counters(self, consumer: Consumer) -> list[_Counter]:
@@ -231,85 +301,144 @@ class Budgets:
         counters.extend(self._everyone)
         return counters
 
-    def _applicable(self, consumer: Consumer, tool: str, upstream: str | None) -> tuple[_Bound, _Bound]:
-        """(token budgets, rate limits) that a call of `tool` by `consumer` counts against; cached."""
-        key = (consumer.name, consumer.group_key, tool, upstream)
-        found = self._bound.get(key)
+    def _line(self, counter: _Counter, subject: str) -> Line:
+        found = self._lines.get((counter.rule_id, subject))
         if found is None:
-            tokens: list[tuple[_Counter, str]] = []
-            requests: list[tuple[_Counter, str]] = []
+            rule = counter.rule
+            name = f"{counter.unit}/{counter.rule_id}/{rule.strategy}/{rule.window}/{subject}"
+            found = make_line(self.ledger.prefix, name, rule.strategy, counter.unit == "tokens", rule.window,
+                              counter.limit, self.hold_ttl)
+            if len(self._lines) > 10_000:  # one entry per rule and subject; bound it all the same
+                self._lines.clear()
+            self._lines[(counter.rule_id, subject)] = found
+        return found
+
+    def _plan(self, consumer: Consumer, tool: str, upstream: str | None) -> _Plan:
+        """The token budgets and rate limits a call of `tool` by `consumer` counts against; cached."""
+        key = (consumer.name, consumer.group_key, tool, upstream)
+        found = self._plans.get(key)
+        if found is None:
+            tokens: list[_Bound] = []
+            requests: list[_Bound] = []
             for counter in self._all_counters(consumer):
                 if counter.rule.applies_to(tool, upstream):
+                    subject = counter.subject(consumer)
                     target = tokens if counter.unit == "tokens" else requests
-                    target.append((counter, counter.subject(consumer)))
-            found = (tuple(tokens), tuple(requests))
-            if len(self._bound) > 10_000:  # bound memory with many consumers x tools
-                self._bound.clear()
-            self._bound[key] = found
+                    target.append((counter, subject, self._line(counter, subject)))
+            token_lines = tuple(line for _, _, line in tokens)
+            found = _Plan(tuple(tokens), tuple(requests), token_lines + tuple(line for _, _, line in requests),
+                          token_lines)
+            if len(self._plans) > 10_000:  # bound memory with many consumers x tools
+                self._plans.clear()
+            self._plans[key] = found
         return found
 
     # -- the call path ------------------------------------------------------------------------
 
-    def _deadline(self) -> contextlib.AbstractContextManager[Any]:
-        # Memory storage cannot hang; skip the cancel scope on the hot path.
-        return contextlib.nullcontext() if self._in_memory else anyio.fail_after(self.policy.storage_timeout)
+    def _call_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
 
-    async def admit(self, consumer: Consumer, tool: str, upstream: str | None = None) -> None:
-        """Refuse the call (raise `LimitExceeded`) if a budget is spent or a rate limit is hit.
+    async def admit(
+        self, consumer: Consumer, tool: str, upstream: str | None = None, *, tokens_in: int | None = None
+    ) -> Hold | None:
+        """Admit a call against every budget and rate limit that applies, or raise `LimitExceeded`.
 
-        Rate limits are counted here. When the storage is unreachable this raises
-        `StorageUnavailable` (a `LimitExceeded`), or lets the call through when `fail_open`.
+        With `tokens_in` (what the meter passes), the call holds its input tokens plus its output
+        estimate on every token budget (see the module docstring) and the returned `Hold` must be
+        passed to `charge` or `release`; without, it holds nothing (budgets are only checked for
+        room). Rate limits are counted here. When the storage is unreachable this raises
+        `StorageUnavailable` (a `LimitExceeded`), or returns None when `fail_open`.
         """
-        tokens, requests = self._applicable(consumer, tool, upstream)
-        if not tokens and not requests:
-            return
+        plan = self._plan(consumer, tool, upstream)
+        if not plan.lines:
+            return None
+        if tokens_in is None:
+            wanted = [0] * len(plan.lines)
+        else:
+            out = self.estimate.get(tool)
+            wanted = [min(c.amount(max(tokens_in, 0), out), c.cap) for c, _, _ in plan.tokens]
+            wanted += [0] * len(plan.requests)
+        call_id = self._call_id()
         try:
-            with self._deadline():
-                left: list[BudgetSnapshot] = []
-                for counter, subject in tokens:
-                    used, reset_at = await self._usage(counter, subject)
-                    if self._on_remaining is not None:
-                        left.append(_snapshot(counter, subject, used, reset_at))
-                    if used >= counter.limit:
-                        self._report(left)
-                        raise self._exceeded(counter, subject, used, reset_at)
-                self._report(left)
-                for counter, subject in requests:
-                    if not await counter.limiter.hit(counter.item, *counter.key(subject)):
-                        stats = await counter.limiter.get_window_stats(counter.item, *counter.key(subject))
-                        raise self._exceeded(counter, subject, counter.limit - stats.remaining, stats.reset_time)
-        except LimitExceeded:
+            # No deadline here: memory cannot hang, and the Redis ledger times out every command itself
+            # (`storage_timeout`), cheaper than a cancel scope per call.
+            answer = await self.ledger.admit(call_id, plan.lines, wanted)
+        except anyio.get_cancelled_exc_class():
+            # The script may have run: free what it may hold rather than wait for the hold to lapse
+            # (a hold cut to what was left is not found: it lapses).
+            await self._release_shielded(call_id, plan.token_lines, wanted[:len(plan.token_lines)])
             raise
-        except (StorageError, OSError, TimeoutError) as exc:
+        except _STORAGE_ERRORS as exc:
             self._storage_failed("admit", exc)
             if not self.policy.fail_open:
                 raise self._unavailable(consumer) from exc
+            return None
+        if self._on_remaining is not None and plan.tokens:
+            self._report([_snapshot(c, s, state) for (c, s, _), state in zip(plan.tokens, answer.states, strict=False)])
+        if answer.refused >= 0:
+            raise self._refusal(plan, answer)
+        held = [(line, granted) for line, granted in zip(plan.token_lines, answer.granted, strict=False) if granted > 0]
+        if not held:
+            return None
+        return Hold(self, call_id, tuple(line for line, _ in held), tuple(granted for _, granted in held))
 
     async def charge(
-        self, consumer: Consumer, tool: str, upstream: str | None, input_tokens: int, output_tokens: int
+        self, consumer: Consumer, tool: str, upstream: str | None, input_tokens: int, output_tokens: int,
+        *, hold: Hold | None = None,
     ) -> None:
-        """Record a finished call's tokens against every applicable budget; never raises.
+        """Settle a finished call: release its hold and charge its tokens to every applicable budget,
+        in one operation; never raises.
 
         Each budget counts input, output or total tokens as configured; a charge larger than
         what is left is recorded in full. Storage failures are logged (the call already ran).
         """
-        tokens, _ = self._applicable(consumer, tool, upstream)
-        if not tokens:
+        input_tokens, output_tokens = max(input_tokens, 0), max(output_tokens, 0)
+        if hold is not None and hold.owner is not self:  # admitted under the rules before a reload
+            await hold.owner.release(hold)
+            hold = None
+        plan = self._plan(consumer, tool, upstream)
+        if not plan.tokens:
+            if hold is not None:
+                await self.release(hold)
+            return
+        self.estimate.observe(tool, output_tokens)
+        charges = [min(c.amount(input_tokens, output_tokens), _CAPACITY) for c, _, _ in plan.tokens]
+        if hold is None and not any(charges):
+            return
+        lines = plan.token_lines
+        held = [0] * len(lines)
+        if hold is not None:
+            if any(line not in lines for line in hold.lines):  # cannot happen with one owner
+                lines = lines + tuple(line for line in hold.lines if line not in lines)
+                charges += [0] * (len(lines) - len(charges))
+            amounts = dict(zip(hold.lines, hold.amounts, strict=True))
+            held = [amounts.get(line, 0) for line in lines]
+        try:
+            states = await self.ledger.settle(hold.call_id if hold else self._call_id(), lines, charges, held)
+        except _STORAGE_ERRORS as exc:
+            self._storage_failed("charge", exc)
+            return
+        if self._on_remaining is not None:
+            self._report([_snapshot(c, s, state) for (c, s, _), state in zip(plan.tokens, states, strict=False)])
+
+    async def release(self, hold: Hold | None) -> None:
+        """Release a call's hold without charging it (the call failed or did not finish); never raises."""
+        if hold is None:
+            return
+        if hold.owner is not self:
+            await hold.owner.release(hold)
             return
         try:
-            with self._deadline():
-                left: list[BudgetSnapshot] = []
-                for counter, subject in tokens:
-                    amount = min(counter.amount(max(input_tokens, 0), max(output_tokens, 0)), _CAPACITY)
-                    if amount > 0:
-                        await counter.limiter.hit(counter.item, *counter.key(subject), cost=amount)
-                        if self._on_remaining is not None:
-                            # Read back: other calls (and replicas sharing Redis) charge the same counter.
-                            used, reset_at = await self._usage(counter, subject)
-                            left.append(_snapshot(counter, subject, used, reset_at))
-                self._report(left)
-        except (StorageError, OSError, TimeoutError) as exc:
-            self._storage_failed("charge", exc)
+            await self.ledger.release(hold.call_id, hold.lines, hold.amounts)
+        except _STORAGE_ERRORS as exc:
+            self._storage_failed("release", exc)
+
+    async def _release_shielded(self, call_id: str, lines: Sequence[Line], held: Sequence[int]) -> None:
+        if not lines:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self.policy.storage_timeout):
+            with contextlib.suppress(*_STORAGE_ERRORS):
+                await self.ledger.release(call_id, lines, held)
 
     def cost_of(self, tool: str, input_tokens: int, output_tokens: int) -> float:
         """The price of one call of `tool` in `cost_unit` (0.0 when no cost rule matches).
@@ -336,38 +465,31 @@ class Budgets:
 
     async def remaining(self, consumer: Consumer) -> list[BudgetSnapshot]:
         """What is left of every token budget that applies to `consumer` (any tool); [] if storage fails."""
-        snapshots: list[BudgetSnapshot] = []
+        bound = [(c, c.subject(consumer)) for c in self._all_counters(consumer) if c.unit == "tokens"]
+        if not bound:
+            return []
         try:
-            with self._deadline():
-                for counter in self._all_counters(consumer):
-                    if counter.unit != "tokens":
-                        continue
-                    subject = counter.subject(consumer)
-                    used, reset_at = await self._usage(counter, subject)
-                    snapshots.append(_snapshot(counter, subject, used, reset_at))
-        except (StorageError, OSError, TimeoutError) as exc:
+            states = await self.ledger.peek([self._line(c, s) for c, s in bound])
+        except _STORAGE_ERRORS as exc:
             self._storage_failed("remaining", exc)
             return []
-        return snapshots
+        return [_snapshot(c, s, state) for (c, s), state in zip(bound, states, strict=False)]
 
     async def check(self) -> bool:
         """Whether the storage answers (for /healthz)."""
         try:
             with anyio.fail_after(self.policy.storage_timeout):
                 return bool(await self.storage.check())
-        except (StorageError, OSError, TimeoutError):
+        except _STORAGE_ERRORS:
             return False
 
     async def reset(self) -> None:
-        """Forget all counters (tests, admin)."""
-        await self.storage.reset()
+        """Forget all counters and holds (tests, admin)."""
+        await self.ledger.reset()
+        if self._in_memory:
+            await self.storage.reset()
 
     # -- helpers ------------------------------------------------------------------------------
-
-    async def _usage(self, counter: _Counter, subject: str) -> tuple[int, float]:
-        """(tokens used in the current window, when the window frees up as a timestamp)."""
-        stats = await counter.limiter.get_window_stats(counter.item, *counter.key(subject))
-        return _CAPACITY - stats.remaining, stats.reset_time
 
     def _report(self, snapshots: list[BudgetSnapshot]) -> None:
         """Hand snapshots to `on_remaining`; a failing callback must not refuse or break a call."""
@@ -378,13 +500,20 @@ class Budgets:
         except Exception as exc:  # noqa: BLE001 - metrics are best effort, the call is not
             _log.warning("budget remaining callback failed", error=repr(exc))
 
-    def _exceeded(self, counter: _Counter, subject: str, used: int, reset_at: float) -> LimitExceeded:
+    def _refusal(self, plan: _Plan, answer: Admission) -> LimitExceeded:
+        index = answer.refused
+        counter, subject, _ = (plan.tokens + plan.requests)[index]
+        used, held, reset_ms = answer.states[index]
+        return self._exceeded(counter, subject, used, reset_ms / 1000, held=held)
+
+    def _exceeded(self, counter: _Counter, subject: str, used: int, reset_at: float, *, held: int = 0) -> LimitExceeded:
         after = _seconds_until(reset_at)
-        remaining = max(counter.limit - used, 0)
+        remaining = max(counter.limit - used - held, 0)
         if counter.unit == "tokens":
+            in_flight = f" and {held} held by calls in flight" if held else ""
             message = (
                 f"Token budget {counter.rule_id} ({counter.rule.describe()}) is used up for {counter.scope} "
-                f"{subject!r}: {used} of {counter.limit} tokens used; it resets in {_words(after)}."
+                f"{subject!r}: {used} of {counter.limit} tokens used{in_flight}; it resets in {_words(after)}."
             )
         else:
             message = (
@@ -422,10 +551,11 @@ class Budgets:
             self._errors_since_log = 0
 
 
-def _snapshot(counter: _Counter, subject: str, used: int, reset_at: float) -> BudgetSnapshot:
+def _snapshot(counter: _Counter, subject: str, state: State) -> BudgetSnapshot:
+    used, _, reset_ms = state
     return BudgetSnapshot(
         counter.rule_id, counter.description, counter.scope, subject, counter.limit, used,
-        max(counter.limit - used, 0), _seconds_until(reset_at),
+        max(counter.limit - used, 0), _seconds_until(reset_ms / 1000),
     )
 
 

@@ -3,6 +3,12 @@
 `admit` is the one check before a call reaches its upstream. `settle` passes the finished call's
 record through a list of steps (tokens, budgets, cost, metrics, audit): a new meter is one more
 step, not an `if` in every call path.
+
+Admission holds tokens on the call's budgets (budgets.py: its input tokens, counted here from the
+arguments, plus an output estimate); the meter keeps the call's `Hold` until `settle`, whose budget
+step charges what the call used in its place (a call that answered) or releases it (any other
+outcome). Holds are kept by call record, shared with the meter of a reloaded config, so a call
+admitted before a reload is settled after it.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.config.policy import PolicyConfig
-from mcp_hub.metering.budgets import Budgets, LimitExceeded
+from mcp_hub.metering.budgets import Budgets, Hold, LimitExceeded
 from mcp_hub.metering.observability import Metrics
 from mcp_hub.metering.observability import audit as write_audit
 from mcp_hub.metering.record import LIMIT_EXCEEDED, METRIC_OUTCOME, CallOutcome, CallRecord
@@ -30,7 +36,10 @@ SettleStep = Callable[["Meter", CallRecord], Awaitable[None] | None]
 class Meter:
     """Budgets, token counting, cost, metrics and audit for one policy config."""
 
-    def __init__(self, policy: PolicyConfig, *, metrics: Metrics | None = None, budgets: Budgets | None = None) -> None:
+    def __init__(
+        self, policy: PolicyConfig, *, metrics: Metrics | None = None, budgets: Budgets | None = None,
+        holds: dict[int, tuple[CallRecord, Hold]] | None = None,
+    ) -> None:
         self.policy = policy
         self.metrics = metrics or Metrics.from_options(policy.metrics, policy.cost_unit)
         self.budgets = budgets or Budgets(policy, on_storage_error=self._storage_error,
@@ -42,6 +51,9 @@ class Meter:
             or any(c.budgets or c.rate_limits for c in policy.consumers.values())
         )
         self.steps: list[SettleStep] = [_count_tokens, _charge_budgets, _price, _observe, _audit]
+        # Admitted calls' holds until they settle, by id(record) (a record is settled once; it is kept
+        # here too, so its id is not reused meanwhile).
+        self.holds: dict[int, tuple[CallRecord, Hold]] = holds if holds is not None else {}
 
     def _storage_error(self, op: str) -> None:
         self.metrics.storage_errors.labels(op).inc()
@@ -51,20 +63,23 @@ class Meter:
         budgets = None
         if policy.storage == self.policy.storage:
             budgets = Budgets(policy, storage=self.budgets.storage, on_storage_error=self._storage_error,
-                              on_remaining=self.metrics.set_budget_remaining)
-        return Meter(policy, metrics=self.metrics, budgets=budgets)
+                              on_remaining=self.metrics.set_budget_remaining, estimate=self.budgets.estimate)
+        return Meter(policy, metrics=self.metrics, budgets=budgets, holds=self.holds)
 
     async def admit(self, record: CallRecord) -> None:
         """Admit a call against every budget and rate limit that applies; a refusal is settled and raised."""
         if not self.has_budgets:
             return
+        tokens_in = self.counter.count(record.arguments or {})
         try:
-            await self.budgets.admit(record.consumer, record.tool, record.upstream)
+            hold = await self.budgets.admit(record.consumer, record.tool, record.upstream, tokens_in=tokens_in)
         except LimitExceeded as exc:
             self.metrics.limit_rejected(record.consumer, exc.kind, str(exc.data.get("limit", "")))
             await self.settle(record, CallOutcome.LIMITED, error=exc.message)
             raise MCPError(code=LIMIT_EXCEEDED, message=exc.message, data=exc.data) from None
-        record.tokens_in = self.counter.count(record.arguments or {})
+        record.tokens_in = tokens_in
+        if hold is not None:
+            self.holds[id(record)] = (record, hold)
 
     async def settle(
         self, record: CallRecord, outcome: CallOutcome, *, result: dict[str, Any] | None = None,
@@ -121,8 +136,14 @@ def _count_tokens(meter: Meter, record: CallRecord) -> None:
 
 
 async def _charge_budgets(meter: Meter, record: CallRecord) -> None:
+    """A call that answered is charged (its hold, if it has one, becomes its tokens); any other releases its hold."""
+    held = meter.holds.pop(id(record), None)
+    hold = held[1] if held is not None and held[0] is record else None
     if meter.has_budgets and record.result is not None and record.outcome in (CallOutcome.OK, CallOutcome.ERROR_RESULT):
-        await meter.budgets.charge(record.consumer, record.tool, record.upstream, record.tokens_in, record.tokens_out)
+        await meter.budgets.charge(record.consumer, record.tool, record.upstream, record.tokens_in, record.tokens_out,
+                                   hold=hold)
+    elif hold is not None:
+        await meter.budgets.release(hold)
 
 
 def _price(meter: Meter, record: CallRecord) -> None:

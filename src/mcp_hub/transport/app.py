@@ -14,6 +14,7 @@ from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -51,6 +52,8 @@ def transport_security(config: GatewayConfig) -> TransportSecuritySettings | Non
         return None
     hosts = listen.allowed_hosts or ["127.0.0.1:*", "localhost:*", "[::1]:*"]
     origins = listen.allowed_origins or ["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"]
+    # An origin allowed to call cross-origin (auth.cors_origins) is an allowed origin here too.
+    origins = [*origins, *(o for o in config.auth.cors_origins if o != "*" and o not in origins)]
     return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
 
 
@@ -80,10 +83,85 @@ class HostGuard:
             if not _matches(host, self.hosts):
                 await JSONResponse({"error": "invalid Host header"}, status_code=421)(scope, receive, send)
                 return
-            if origin is not None and not _matches(origin, self.origins):
+            # Public metadata is readable from any origin (CORS "*"): nothing there to rebind to.
+            public = str(scope.get("path", "")).startswith(PUBLIC_METADATA_PREFIX)
+            if origin is not None and not public and not _matches(origin, self.origins):
                 await JSONResponse({"error": "invalid Origin header"}, status_code=403)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+PUBLIC_METADATA_PREFIX = "/.well-known/oauth-protected-resource"
+# What a browser MCP client sends (the 2026-07-28 era adds Mcp-Method, Mcp-Name and Mcp-Param-*, allowed
+# when asked for) and what it must be able to read: the challenge of a 401 and the session id.
+CORS_ALLOW_HEADERS = ("authorization", "content-type", "mcp-session-id", "mcp-protocol-version", "last-event-id",
+                      "x-api-key", "mcp-method", "mcp-name")
+CORS_EXPOSE_HEADERS = "WWW-Authenticate, Mcp-Session-Id, Mcp-Protocol-Version"
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+
+
+class Cors:
+    """CORS for the MCP routes (origins in `auth.cors_origins`, `*` for any) and the protected resource
+    metadata (any origin). Preflights get 204 (403 for an origin not allowed); other responses, 401s
+    included, carry Allow-Origin and expose `WWW-Authenticate` and `Mcp-Session-Id`."""
+
+    def __init__(self, app: ASGIApp, origins: list[str], mcp_paths: set[str]) -> None:
+        self.app = app
+        self.origins = set(origins)
+        self.mcp_paths = mcp_paths
+
+    def _allowed(self, path: str, origin: str) -> str | None:
+        if path.startswith(PUBLIC_METADATA_PREFIX):
+            return "*"
+        if path.rstrip("/") in self.mcp_paths or path in self.mcp_paths:
+            return origin if ("*" in self.origins or origin in self.origins) else None
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        path = scope.get("path", "")
+        ours = path.startswith(PUBLIC_METADATA_PREFIX) or path.rstrip("/") in self.mcp_paths or path in self.mcp_paths
+        if origin is None or not ours:
+            await self.app(scope, receive, send)
+            return
+        allowed = self._allowed(path, origin)
+        if scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+            if allowed is None:
+                await JSONResponse({"error": "invalid_request",
+                                    "error_description": f"origin {origin} may not call this route "
+                                    "(auth.cors_origins)"}, status_code=403)(scope, receive, send)
+                return
+            requested = [h.strip().lower() for h in headers.get("access-control-request-headers", "").split(",")]
+            extra = [h for h in requested if h.startswith("mcp-") and h not in CORS_ALLOW_HEADERS]
+            await Response(status_code=204, headers={
+                "Access-Control-Allow-Origin": allowed,
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers": ", ".join([*CORS_ALLOW_HEADERS, *extra]),
+                "Access-Control-Expose-Headers": CORS_EXPOSE_HEADERS,
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            })(scope, receive, send)
+            return
+        if allowed is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"access-control-allow-origin", allowed.encode("latin-1")),
+                    (b"access-control-expose-headers", CORS_EXPOSE_HEADERS.encode()),
+                    (b"vary", b"Origin"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
 
 
 # Headers that carry a credential: a request that names one twice is ambiguous (different parsers of it
@@ -219,9 +297,12 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
             finally:
                 tg.cancel_scope.cancel()
 
+    mcp_paths = {p for path in gateway.routes for p in (path, f"{path}/sse", f"{path}/messages")}
     middleware = [Middleware(OneCredential)]
     if security is not None:
         middleware.append(Middleware(HostGuard, security=security))
+    # Inside the host guard: a preflight from an origin it refuses never gets CORS headers.
+    middleware.append(Middleware(Cors, origins=list(config.auth.cors_origins), mcp_paths=mcp_paths))
     return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
 
 
@@ -281,15 +362,22 @@ def _sse_routes(
     ]
 
 
+def _route_scopes(gateway: Gateway) -> dict[str, list[str]]:
+    """The routes that set their own `required_scopes` (the others take `auth.required_scopes`)."""
+    return {spec.path: list(spec.required_scopes) for spec in gateway.config.servers
+            if spec.required_scopes is not None}
+
+
 def _auth_wrapper(gateway: Gateway) -> Any:
     """How each MCP route is protected: the auth gate when auth is on, a fixed consumer when off."""
     auth = getattr(gateway, "auth", None)
     if auth is not None:
-        return auth.protect
+        scopes = _route_scopes(gateway)
+        return lambda app, path: auth.protect(app, path, scopes.get(path))
     consumer = gateway.default_consumer or anonymous()
     return lambda app, path: _StaticConsumer(app, consumer)
 
 
 def _auth_routes(gateway: Gateway) -> list[BaseRoute]:
     auth = getattr(gateway, "auth", None)
-    return list(auth.routes(list(gateway.routes))) if auth is not None else []
+    return list(auth.routes(list(gateway.routes), _route_scopes(gateway))) if auth is not None else []
