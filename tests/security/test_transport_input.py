@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx2
 import pytest
+
 from tests.servers.launch import http_server
 from tests.support.gateway import RunningGateway, python_server, run_gateway
 from tests.support.rpc import answer_of
