@@ -7,14 +7,13 @@ real upstream (a recording server, so that nothing refused can be seen to have r
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.servers.launch import http_server
-from tests.support.gateway import RunningGateway, python_server, run_gateway
+from tests import test_bad_input
+from tests.support.gateway import RunningGateway
 from tests.support.rpc import answer_of
 from tests.test_bad_input import RawSession, strict_calls_seen_upstream
 
@@ -40,17 +39,8 @@ NOT_STRICT = {
 LOG_LEVELS = ["bogus", "", "DEBUG", 5, None, ["error"], {"level": "error"}, "emergency ", "\u0000"]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    tmp = tmp_path_factory.mktemp("transport-input")
-    record = tmp / "upstream-requests.jsonl"
-    with http_server("faulty_server", tmp, "--mode", "record", "--record", str(record)) as recorder:
-        config = {"upstreams": {
-            "rec": {"transport": "streamable-http", "url": recorder.url},
-            "demo": python_server("tests.servers.demo_server", "--transport", "stdio"),
-        }}
-        with run_gateway(config, tmp, wait_healthy=True) as gw:
-            yield {"gw": gw, "record": record, "session": RawSession(gw.mcp)}
+# The same gateway, recording upstream and sessions as tests/test_bad_input.py uses.
+stack = test_bad_input.stack
 
 
 def _alive(gw: RunningGateway) -> None:
