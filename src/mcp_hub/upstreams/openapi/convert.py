@@ -95,6 +95,8 @@ class OperationBinding:
     # False when the operation declares `security: []`.
     needs_auth: bool = True
     has_output_schema: bool = False
+    # The operation's `tags` (strings only, document order), for grouping and search.
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +467,7 @@ class DocumentConverter:
             tool_name=op.name, method=op.method.upper(), path=op.path, operation_id=op.operation_id,
             parameters=tuple(params), body=body, server_url=server_url, needs_auth=needs_auth,
             has_output_schema=output_schema is not None,
+            tags=tuple(t for t in op.op.get("tags") if isinstance(t, str)) if isinstance(op.op.get("tags"), list) else (),
         )
         return tool, binding
 
