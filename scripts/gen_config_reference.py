@@ -36,6 +36,7 @@ from mcp_hub.config import auth as auth_models  # noqa: E402
 from mcp_hub.config import models as gateway_models  # noqa: E402
 from mcp_hub.config import openapi as openapi_models  # noqa: E402
 from mcp_hub.config import policy as policy_models  # noqa: E402
+from mcp_hub.config import tracing as tracing_models  # noqa: E402
 
 OUTPUT = ROOT / "docs" / "configuration.md"
 CONNECTORS = ROOT / "src" / "mcp_hub" / "connectors"
@@ -251,6 +252,7 @@ def sections() -> list[Section]:
         Section("metrics", p.MetricsOptions),
         Section("admin", admin_models.AdminConfig),
         Section("admin.keys[]", admin_models.AdminKey),
+        Section("tracing", tracing_models.TracingConfig),
     ]
     return out
 

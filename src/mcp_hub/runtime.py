@@ -33,6 +33,7 @@ from mcp_hub.config import (
 )
 from mcp_hub.config.auth import AuthConfig
 from mcp_hub.core.hub import Gateway, build_upstreams
+from mcp_hub.tracing import start_tracing
 from mcp_hub.transport.app import build_app
 from mcp_hub.transport.sdk_server import bind_servers
 from mcp_hub.upstreams.base import Upstream, UpstreamState
@@ -132,6 +133,10 @@ def build_gateway(
     except ConfigError as exc:
         raise ConfigError(exc.problems, exc.source or source) from None
     gateway.auth = auth
+    try:  # chosen once, before the routes' servers are built: with tracing off they get no tracing middleware
+        gateway.tracing = start_tracing(config.tracing)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, source) from None
     bind_servers(gateway)
     gateway.config_path = config_path
     # The admin API finds the registry here (the Gateway class knows nothing of registrations).
@@ -153,6 +158,7 @@ async def prepare(config: GatewayConfig, config_path: str | None = None, *, chec
 async def check_config(config: GatewayConfig, config_path: str | None = None) -> Gateway:
     """`prepare`, then release what it opened (nothing was started): raises `ConfigError` like `serve`."""
     gateway = await prepare(config, config_path)
+    gateway.tracing.shutdown()
     if gateway.auth is not None:
         await gateway.auth.aclose()
     return gateway
@@ -238,5 +244,8 @@ def serve_http(gateway: Gateway, sock: socket.socket, ready: Callable[[], None])
     app = build_app(gateway, extra_routes=extra_routes(gateway))
     settings = uvicorn.Config(app, log_level="warning", lifespan="off")
     server = GatewayServer(settings, app.router.lifespan_context(app), ready)
-    with asyncio.Runner(loop_factory=settings.get_loop_factory()) as runner:
-        runner.run(server.serve(sockets=[sock]))
+    try:
+        with asyncio.Runner(loop_factory=settings.get_loop_factory()) as runner:
+            runner.run(server.serve(sockets=[sock]))
+    finally:
+        gateway.tracing.shutdown()  # export the spans still queued

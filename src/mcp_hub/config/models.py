@@ -11,6 +11,7 @@ from mcp_hub.config.admin import AdminConfig
 from mcp_hub.config.auth import AuthConfig, UpstreamCredentialConfig
 from mcp_hub.config.openapi import OpenAPIUpstreamConfig
 from mcp_hub.config.policy import PolicyConfig
+from mcp_hub.config.tracing import TracingConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
 
@@ -133,6 +134,7 @@ class GatewayConfig(_Model):
     servers: list[ServerRoute] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig, description="How callers authenticate and how their tokens become consumers and groups.")
     admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin API.")
+    tracing: TracingConfig = Field(default_factory=TracingConfig, description="OpenTelemetry traces of every MCP request, exported over OTLP/HTTP (off by default; docs/tracing.md).")
     # Policy keys (default_acl, groups, ...) sit at the top level; parse_config validates them as one model.
     policy: PolicyConfig = Field(default_factory=PolicyConfig, exclude=True)
     # The folder relative paths in the config (OpenAPI documents) are resolved against.

@@ -24,6 +24,7 @@ import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
+from mcp_hub import tracing
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.catalog.schemas import first_error
 from mcp_hub.catalog.view import CatalogView, Target
@@ -178,7 +179,8 @@ class ToolCalls:
                 await self.meter.settle(record, CallOutcome.ERROR, error=exc.error.message)
                 raise
         else:
-            await self.meter.admit(record)
+            with tracing.current().child("admission"):  # budgets and rate limits (the ACL decided in `open`)
+                await self.meter.admit(record)
         if upstream is None:
             return await self._outcome(record, UpstreamUnavailable(f"upstream {target.upstream!r} was removed"))
         ctx = CallContext(
@@ -199,6 +201,10 @@ class ToolCalls:
             request_state=upstream_state,
         )
         outcome: Any
+        leg = tracing.current().child("upstream", client=True)  # the upstream call's span (NO_SPAN: tracing off)
+        if (outgoing := leg.traceparent()) is not None:  # tracing on: the upstream's parent is the gateway's span
+            leg.update({tracing.UPSTREAM: target.upstream, tracing.TOOL: target.original})
+            ctx.traceparent = ctx.headers["traceparent"] = outgoing
         try:
             upstream = await upstream.for_caller(caller.modern)
             if caller.modern:
@@ -218,6 +224,8 @@ class ToolCalls:
             with anyio.CancelScope(shield=True):
                 await self.meter.settle(record, CallOutcome.CANCELLED)
             raise
+        finally:
+            leg.end()
         return await self._outcome(record, outcome)
 
     async def rounds(

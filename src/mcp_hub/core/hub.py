@@ -34,6 +34,7 @@ from mcp_hub.config import GatewayConfig, ServerRoute
 from mcp_hub.core.access import Access
 from mcp_hub.core.service import RequestService
 from mcp_hub.metering.meter import Meter
+from mcp_hub.tracing import OFF, Tracing
 from mcp_hub.upstreams.base import Upstream, UpstreamState
 from mcp_hub.upstreams.mcp import McpUpstream
 from mcp_hub.upstreams.openapi import build_openapi_upstream
@@ -110,6 +111,7 @@ class Gateway:
         self.refresh_pending = False
         self._tg: anyio.abc.TaskGroup | None = None
         self.direct_stats = DirectStats()
+        self.tracing: Tracing = OFF  # runtime.build_gateway starts the configured tracing
         for spec in _route_specs(config):
             self.routes[spec.path] = Route(
                 path=spec.path,
@@ -212,6 +214,8 @@ class Gateway:
         self.upstreams = {name: self.upstreams[name] for name in order}
         if config.auth != old.auth:
             summary["restart_required"].append("auth")
+        if config.tracing != old.tracing:
+            summary["restart_required"].append("tracing")
         if config.listen != old.listen:
             summary["restart_required"].append("listen")
         specs = {spec.path: spec for spec in _route_specs(config)}

@@ -18,6 +18,7 @@ import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
+from mcp_hub import tracing
 from mcp_hub.catalog.view import Target
 from mcp_hub.core.calls import MAX_ROUNDS, CallAnswer, Caller, ToolCalls, ToolRequest, fulfil
 from mcp_hub.core.tasks import declares_tasks, missing_extension
@@ -79,6 +80,7 @@ class RequestService:
     def admit_target(self, caller: Caller, method: str, shown: str, target: Target | None) -> Target:
         """The ACL decision for a resolved target; a hidden target is refused as a missing one."""
         allowed = target is not None and self.gateway.access.allows(caller.consumer, target)
+        tracing.current().decided(allowed, target.upstream if target is not None else None)
         if target is None or not allowed:
             self.gateway.meter.audit_denied(caller.consumer, method, shown, exists=target is not None)
             raise not_found(method, shown)
@@ -219,8 +221,11 @@ def not_found(method: str, shown: str) -> MCPError:
 
 def context_for(caller: Caller) -> CallContext:
     """What an upstream may use from a caller's request other than a tool call."""
-    return CallContext(
+    ctx = CallContext(
         consumer=caller.consumer, peer=caller.peer, notify=caller.notify, access_token=caller.access_token,
         request_headers=caller.request_headers,
         headers=dict(caller.consumer.forwarded_claims),  # auth.claim_to_header, for HTTP upstreams
     )
+    if (outgoing := tracing.current().traceparent()) is not None:  # tracing on: the request span is the parent
+        ctx.traceparent = ctx.headers["traceparent"] = outgoing
+    return ctx

@@ -20,6 +20,7 @@ from typing import Any
 
 from mcp.shared.exceptions import MCPError
 
+from mcp_hub import tracing
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.config.policy import PolicyConfig
 from mcp_hub.metering.budgets import Budgets, Hold, LimitExceeded
@@ -90,10 +91,11 @@ class Meter:
             return
         record.finished = True
         record.outcome, record.result, record.error = outcome, result, error
-        for step in self.steps:
-            done = step(self, record)
-            if done is not None:
-                await done
+        with tracing.current().settling(record):  # the request span's settle child; then its call attributes
+            for step in self.steps:
+                done = step(self, record)
+                if done is not None:
+                    await done
 
     def denied(self, consumer: Consumer, kind: str) -> None:
         self.metrics.acl_denied(consumer, kind)

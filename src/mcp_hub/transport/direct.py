@@ -353,27 +353,31 @@ class DirectCalls:
             log_level=meta.get(LOG_LEVEL_META_KEY) if modern else session.log_level,
             traceparent=traceparent_of(meta.get("traceparent"), _header(scope, b"traceparent")),
         )
-        key = _hashable(request_id)
-        answer: CallAnswer | None = None
-        with sdk_internals.session_busy(transport), anyio.CancelScope() as cancel:
-            session.calls[key] = cancel
-            watch = _DisconnectWatch(receive, cancel, reply) if modern else None
+        with self.gateway.tracing.request(  # the request's span (tracing off: a no-op)
+            "tools/call", request.traceparent, target=request.name, consumer=consumer, route=self.path,
+            request_id=request_id, protocol_version=version,
+        ):
+            key = _hashable(request_id)
+            answer: CallAnswer | None = None
+            with sdk_internals.session_busy(transport), anyio.CancelScope() as cancel:
+                session.calls[key] = cancel
+                watch = _DisconnectWatch(receive, cancel, reply) if modern else None
+                try:
+                    answer = await self.gateway.service.call_tool(route, caller, request)
+                except MCPError as exc:  # refused before the upstream was asked (recorded already)
+                    answer = CallAnswer(error=exc)
+                finally:
+                    if watch is not None:
+                        watch.close()
+                    session.calls.pop(key, None)
+            if answer is None:  # cancelled: the call is recorded so; the caller gets no answer
+                await reply.finish(None)
+                return True
             try:
-                answer = await self.gateway.service.call_tool(route, caller, request)
-            except MCPError as exc:  # refused before the upstream was asked (recorded already)
-                answer = CallAnswer(error=exc)
+                await reply.finish(_message(request_id, answer, modern, route.server))
             finally:
-                if watch is not None:
-                    watch.close()
-                session.calls.pop(key, None)
-        if answer is None:  # cancelled: the call is recorded so; the caller gets no answer
-            await reply.finish(None)
+                await answer.settle()  # the caller has its answer first; the charge and audit follow
             return True
-        try:
-            await reply.finish(_message(request_id, answer, modern, route.server))
-        finally:
-            await answer.settle()  # the caller has its answer first; the charge and audit follow
-        return True
 
 
 async def _notification(reply: _Reply, message: dict[str, Any]) -> None:

@@ -276,6 +276,9 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
     # The SDK's default OpenTelemetry middleware costs ~10% of a relayed call even with no exporter;
     # in its place, listings served from a cache of their wire form.
     server.middleware = [_listing_cache(gateway, route, server, caller)]
+    # Tracing on: a span per request, outermost (tracing off adds nothing here).
+    server.middleware[:0] = gateway.tracing.sdk_middleware(
+        route.path, lambda ctx: (_consumer_of(ctx, gateway.default_consumer), _header(ctx, b"traceparent")))
     return server
 
 
