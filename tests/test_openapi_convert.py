@@ -240,7 +240,10 @@ def test_output_schema_only_for_a_single_json_object_answer() -> None:
     }})
     tools = tools_of(document)
     assert tools["obj"].output_schema == {"type": "object", "properties": {"a": {"type": ["string", "null"]}}}
-    assert tools["arr"].output_schema is None and tools["two"].output_schema is None
+    # A non-object answer is wrapped as `result` (tests/test_openapi_output_schema.py covers it end to end).
+    assert tools["arr"].output_schema == {"type": "object", "required": ["result"], "properties": {
+        "result": {"type": ["array", "null"], "items": {"type": ["string", "null"]}}}}
+    assert tools["two"].output_schema is None
 
 
 def test_broken_operation_is_skipped_with_its_reason() -> None:

@@ -20,7 +20,7 @@ from openapi_pydantic.v3.v3_1 import Server
 
 from mcp_hub.config.openapi import OperationSelector
 from mcp_hub.upstreams.openapi.refs import DocumentError, RefResolver
-from mcp_hub.upstreams.openapi.schema import SchemaTranslator, contains_ref, make_nullable_free
+from mcp_hub.upstreams.openapi.schema import PatternReport, SchemaTranslator, contains_ref, make_nullable_free
 from mcp_hub.upstreams.openapi.swagger2 import upgrade_swagger2
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -95,6 +95,8 @@ class OperationBinding:
     # False when the operation declares `security: []`.
     needs_auth: bool = True
     has_output_schema: bool = False
+    # The answer is not a JSON object: the output schema wraps it as `{"result": <answer>}`.
+    output_wrapped: bool = False
     # The operation's `tags` (strings only, document order), for grouping and search.
     tags: tuple[str, ...] = ()
 
@@ -121,6 +123,10 @@ class ConvertedDocument:
     servers: list[str]
     security_schemes: dict[str, dict[str, Any]]
     operations: int
+    # Patterns Python's `re` could not compile as written: translated ones, and dropped ones (the
+    # warnings), each with its document, JSON pointer and tools.
+    patterns_translated: list[PatternReport] = field(default_factory=list)
+    warnings: list[PatternReport] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -133,6 +139,9 @@ class _Operation:
     item_uri: str
     operation_id: str | None
     name: str = ""
+    # Where the operation and its path item stand in their documents (JSON pointers, for reports).
+    pointer: str = ""
+    item_pointer: str = ""
 
 
 class DocumentFormatError(DocumentError):
@@ -350,6 +359,7 @@ class DocumentConverter:
         self.inputs = SchemaTranslator(resolver, openapi31=openapi31, mode="input")
         self.outputs = SchemaTranslator(resolver, openapi31=openapi31, mode="output")
         self.uri = resolver.root_uri
+        self._reports: dict[tuple[str, str], PatternReport] = {}
 
     def operations(self) -> tuple[list[_Operation], list[SkippedOperation]]:
         """Every operation of the document, in document order, and path items that failed."""
@@ -358,7 +368,7 @@ class DocumentConverter:
         for path, raw_item in (self.doc.get("paths") or {}).items():
             path = str(path)
             try:
-                item, item_uri = self.resolver.deref(raw_item, self.uri)
+                item, item_uri, item_pointer = self.deref_at(raw_item, self.uri, "/paths/" + _escape(path))
             except DocumentError as exc:
                 skipped.append(SkippedOperation("*", path, None, str(exc)))
                 continue
@@ -369,8 +379,33 @@ class DocumentConverter:
                     continue
                 op_id = op.get("operationId")
                 found.append(_Operation(method, path, op, item, item_uri, item_uri,
-                                        op_id if isinstance(op_id, str) and op_id.strip() else None))
+                                        op_id if isinstance(op_id, str) and op_id.strip() else None,
+                                        pointer=f"{item_pointer}/{method}", item_pointer=item_pointer))
         return found, skipped
+
+    def take_reports(self) -> list[PatternReport]:
+        """Pattern reports the last operation met, one per place in the document (input and output
+        schemas share one)."""
+        out: dict[tuple[str, str], PatternReport] = {}
+        for report in self.inputs.take_reports() + self.outputs.take_reports():
+            key = (report.document, report.pointer)
+            out[key] = self._reports.setdefault(key, report)
+        return list(out.values())
+
+    def all_reports(self) -> list[PatternReport]:
+        """Every pattern report of the converted operations, in order of discovery."""
+        return list(self._reports.values())
+
+    def deref_at(self, node: Any, uri: str, pointer: str) -> tuple[Any, str, str]:
+        """`resolver.deref`, also telling the JSON pointer of what it arrives at."""
+        seen: set[str] = set()
+        while isinstance(node, dict) and isinstance(node.get("$ref"), str):
+            found = self.resolver.resolve(node["$ref"], uri)
+            if found.key in seen:
+                raise DocumentError(f"$ref {node['$ref']!r} is a cycle of references")
+            seen.add(found.key)
+            node, uri, pointer = found.value, found.uri, found.pointer
+        return node, uri, pointer
 
     def security_schemes(self) -> dict[str, dict[str, Any]]:
         """`components.securitySchemes`, references followed."""
@@ -393,15 +428,15 @@ class DocumentConverter:
         used: set[str] = set()
         params: list[ParameterBinding] = []
 
-        for param, uri in self._parameters(op):
+        for param, uri, where_at in self._parameters(op):
             name = param.get("name")
             where = param.get("in")
             if not isinstance(name, str) or where not in ("path", "query", "header", "cookie"):
                 raise ValueError(f"parameter {name!r} has an invalid name or location {where!r}")
             if where == "header" and name.lower() in IGNORED_HEADERS:
                 continue
-            schema_raw, content_type = self._parameter_schema(param, uri)
-            schema, more = self.inputs.translate(schema_raw, uri)
+            schema_raw, content_type, schema_at = self._parameter_schema(param, uri)
+            schema, more = self.inputs.translate(schema_raw, uri, where_at + schema_at)
             deps |= more
             schema = dict(schema) if isinstance(schema, dict) else {}
             for key in ("description",):
@@ -444,7 +479,7 @@ class DocumentConverter:
         if deps:
             input_schema["$defs"] = self.inputs.closure(deps)
 
-        output_schema = self._output_schema(op)
+        output_schema, wrapped = self._output_schema(op)
         security = op.op.get("security")
         needs_auth = not (isinstance(security, list) and len(security) == 0)
         server_url = None
@@ -466,33 +501,37 @@ class DocumentConverter:
         binding = OperationBinding(
             tool_name=op.name, method=op.method.upper(), path=op.path, operation_id=op.operation_id,
             parameters=tuple(params), body=body, server_url=server_url, needs_auth=needs_auth,
-            has_output_schema=output_schema is not None,
+            has_output_schema=output_schema is not None, output_wrapped=wrapped,
             tags=tuple(t for t in op.op.get("tags") if isinstance(t, str)) if isinstance(op.op.get("tags"), list) else (),
         )
         return tool, binding
 
     # -- parts -------------------------------------------------------------------------------
 
-    def _parameters(self, op: _Operation) -> list[tuple[dict[str, Any], str]]:
-        """Path-level then operation-level parameters; the operation's win on (name, in)."""
-        merged: dict[tuple[str, str], tuple[dict[str, Any], str]] = {}
-        for raw_list, uri in ((op.item.get("parameters"), op.item_uri), (op.op.get("parameters"), op.uri)):
-            for raw in raw_list if isinstance(raw_list, list) else []:
-                param, param_uri = self.resolver.deref(raw, uri)
+    def _parameters(self, op: _Operation) -> list[tuple[dict[str, Any], str, str]]:
+        """Path-level then operation-level parameters (with their document and JSON pointer); the
+        operation's win on (name, in)."""
+        merged: dict[tuple[str, str], tuple[dict[str, Any], str, str]] = {}
+        for raw_list, uri, at in ((op.item.get("parameters"), op.item_uri, op.item_pointer),
+                                  (op.op.get("parameters"), op.uri, op.pointer)):
+            for index, raw in enumerate(raw_list if isinstance(raw_list, list) else []):
+                param, param_uri, param_at = self.deref_at(raw, uri, f"{at}/parameters/{index}")
                 if not isinstance(param, dict):
                     raise ValueError("a parameter is not an object")
-                merged[(str(param.get("name")), str(param.get("in")))] = (param, param_uri)
+                merged[(str(param.get("name")), str(param.get("in")))] = (param, param_uri, param_at)
         return list(merged.values())
 
-    def _parameter_schema(self, param: dict[str, Any], uri: str) -> tuple[Any, str | None]:
+    def _parameter_schema(self, param: dict[str, Any], uri: str) -> tuple[Any, str | None, str]:
+        """The parameter's schema, its media type when given as `content`, and the schema's pointer
+        relative to the parameter."""
         if "schema" in param:
-            return param["schema"], None
+            return param["schema"], None, "/schema"
         content = param.get("content")
         if isinstance(content, dict) and content:
             media, entry = next(iter(content.items()))
             schema = entry.get("schema", {}) if isinstance(entry, dict) else {}
-            return schema, str(media)
-        return {"type": "string"}, None
+            return schema, str(media), f"/content/{_escape(str(media))}/schema"
+        return {"type": "string"}, None, ""
 
     def _body(
         self, op: _Operation, props: dict[str, Any], required: list[str], used: set[str]
@@ -500,7 +539,7 @@ class DocumentConverter:
         raw = op.op.get("requestBody")
         if raw is None:
             return None, frozenset()
-        body, uri = self.resolver.deref(raw, op.uri)
+        body, uri, body_at = self.deref_at(raw, op.uri, f"{op.pointer}/requestBody")
         if not isinstance(body, dict) or not isinstance(body.get("content"), dict) or not body["content"]:
             return None, frozenset()
         candidates = sorted(
@@ -511,7 +550,7 @@ class DocumentConverter:
         kind = _body_kind(media)
         entry = entry if isinstance(entry, dict) else {}
         schema_raw = entry.get("schema", {} if kind in ("json", "form", "multipart") else {"type": "string"})
-        schema, deps = self.inputs.translate(schema_raw, uri)
+        schema, deps = self.inputs.translate(schema_raw, uri, f"{body_at}/content/{_escape(media)}/schema")
         body_required = body.get("required") is True
         description = body.get("description") if isinstance(body.get("description"), str) else None
         if media.split(";")[0].strip() == "*/*":
@@ -586,30 +625,41 @@ class DocumentConverter:
             )
         return out
 
-    def _output_schema(self, op: _Operation) -> dict[str, Any] | None:
+    def _output_schema(self, op: _Operation) -> tuple[dict[str, Any] | None, bool]:
+        """The tool's output schema, and whether it wraps a non-object answer as `result`."""
         responses = op.op.get("responses")
         if not isinstance(responses, dict):
-            return None
+            return None, False
         success = [(str(code), raw) for code, raw in responses.items() if str(code).startswith("2")]
         if len(success) != 1:
-            return None  # several success shapes (or none): the answer's shape is not one schema
-        response, uri = self.resolver.deref(success[0][1], op.uri)
+            return None, False  # several success shapes (or none): the answer's shape is not one schema
+        response, uri, at = self.deref_at(success[0][1], op.uri, f"{op.pointer}/responses/{_escape(success[0][0])}")
         content = response.get("content") if isinstance(response, dict) else None
         if not isinstance(content, dict):
-            return None
+            return None, False
         for media, entry in content.items():
             if _is_json(str(media)) and isinstance(entry, dict) and "schema" in entry:
-                schema, deps = self.outputs.translate(entry["schema"], uri)
+                schema, deps = self.outputs.translate(entry["schema"], uri, f"{at}/content/{_escape(str(media))}/schema")
                 if not self.outputs.is_object(schema):
-                    return None
+                    # Structured content is a JSON object: an array, string or number answer is
+                    # described, and sent, as `{"result": <answer>}` (the MCP SDK's convention).
+                    out = {"type": "object", "properties": {"result": schema}, "required": ["result"]}
+                    if deps:
+                        out["$defs"] = self.outputs.closure(deps)
+                    return out, True
                 out = dict(schema) if isinstance(schema, dict) else {}
                 if "$ref" in out:
                     out["type"] = "object"
                 out = make_nullable_free(out)
                 if deps:
                     out["$defs"] = self.outputs.closure(deps)
-                return out
-        return None
+                return out, False
+        return None, False
+
+
+def _escape(token: str) -> str:
+    """A JSON pointer token."""
+    return token.replace("~", "~0").replace("/", "~1")
 
 
 def _is_binary(schema: Any) -> bool:
@@ -654,10 +704,15 @@ def convert_document(
         except (DocumentError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
             skipped.append(SkippedOperation(op.method.upper(), op.path, op.operation_id,
                                             f"{type(exc).__name__}: {exc}"))
+            converter.take_reports()
             continue
+        for report in converter.take_reports():
+            report.tools.append(tool.name)
         tools.append(tool)
         bindings[tool.name] = binding
     info = normalized.get("info") if isinstance(normalized.get("info"), dict) else {}
+    # Only patterns of converted tools count (a shared schema met in both translators: once).
+    reports = [r for r in converter.all_reports() if r.tools]
     return ConvertedDocument(
         title=str(info.get("title", "")) if info else "",
         openapi_version=version,
@@ -667,6 +722,8 @@ def convert_document(
         servers=server_urls(normalized.get("servers"), resolver.root_uri),
         security_schemes=converter.security_schemes(),
         operations=len(operations),
+        patterns_translated=[r for r in reports if not r.dropped],
+        warnings=[r for r in reports if r.dropped],
     )
 
 

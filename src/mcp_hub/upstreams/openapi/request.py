@@ -357,6 +357,14 @@ def is_text_type(content_type: str) -> bool:
     return bool(_TEXT_TYPES.match(content_type.split(";", 1)[0].strip().lower())) or "charset=" in content_type.lower()
 
 
+def _no_value(binding: OperationBinding) -> dict[str, Any] | None:
+    """Structured content for an answer without a JSON value: what the output schema admits."""
+    if not binding.has_output_schema:
+        return None
+    # A wrapped schema requires `result`; output schemas admit null at every level.
+    return {"result": None} if binding.output_wrapped else {}
+
+
 def _result(content: list[types.ContentBlock], structured: dict[str, Any] | None = None) -> types.CallToolResult:
     # structured_content is left unset (not None) when absent: clients treat an explicit null as content.
     if structured is None:
@@ -380,7 +388,7 @@ def response_to_result(
     if 300 <= status < 400:
         where = f"; Location: {location}" if location else ""
         return _result([types.TextContent(text=f"HTTP {status} {reason} from {label}{where}")],
-                       {} if binding.has_output_schema else None)
+                       _no_value(binding))
     if status < 200 or status >= 300:
         text = body.decode(charset.group(1) if charset else "utf-8", errors="replace")
         detail = f": {_trim(text)}" if text.strip() else ""
@@ -388,7 +396,7 @@ def response_to_result(
             content=[types.TextContent(text=f"HTTP {status} {reason} from {label}{detail}")], is_error=True
         )
     if not body:
-        structured = {} if binding.has_output_schema else None
+        structured = _no_value(binding)
         return _result([types.TextContent(text=f"HTTP {status} {reason} (no content)")], structured)
     if "json" in media or (not media and body[:1] in (b"{", b"[")):
         text = body.decode(charset.group(1) if charset else "utf-8", errors="replace")
@@ -397,7 +405,10 @@ def response_to_result(
         except ValueError:
             parsed = None
         structured = None
-        if binding.has_output_schema:
+        if binding.output_wrapped:
+            # A non-object answer travels as `{"result": <answer>}`, as its output schema says.
+            structured = {"result": parsed}
+        elif binding.has_output_schema:
             # The client validates structured content against the output schema: send an object.
             structured = parsed if isinstance(parsed, dict) else {}
         return _result([types.TextContent(text=text)], structured)
@@ -407,7 +418,7 @@ def response_to_result(
         except (UnicodeDecodeError, LookupError):
             text = None
         if text is not None:
-            return _result([types.TextContent(text=text)], {} if binding.has_output_schema else None)
+            return _result([types.TextContent(text=text)], _no_value(binding))
     data = base64.b64encode(body).decode("ascii")
     media = media or "application/octet-stream"
     if media.startswith("image/"):
@@ -416,4 +427,4 @@ def response_to_result(
         content = [types.EmbeddedResource(
             resource=types.BlobResourceContents(uri=resource_uri, mime_type=media, blob=data)
         )]
-    return _result(content, {} if binding.has_output_schema else None)
+    return _result(content, _no_value(binding))

@@ -4,7 +4,10 @@
 cycle: such a target becomes a `$defs` entry of the tool's own schema and is referred to as
 `#/$defs/<Name>`, so the result never points outside itself. Keywords are copied through a
 whitelist that checks each value, so an odd document cannot produce a schema that fails
-`Draft202012Validator.check_schema` (a bad `pattern` or `minimum: "5"` is dropped, not copied).
+`Draft202012Validator.check_schema` (a `minimum: "5"` is dropped, not copied). Regular expressions
+(`pattern`, `patternProperties`) that Python's `re` does not compile are translated where an exact
+equivalent exists (`patterns.python_pattern`), else dropped; either way each one is recorded in
+`reports` with the document and JSON pointer where it stands and the tools it affects.
 
 Two modes:
 - `input`: what a caller sends. `readOnly` properties are left out; `format: binary` strings become
@@ -23,8 +26,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from mcp_hub.upstreams.openapi.patterns import python_pattern
 from mcp_hub.upstreams.openapi.refs import RefResolver
 
 Mode = Literal["input", "output"]
@@ -72,14 +77,47 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _valid_regex(pattern: Any) -> bool:
-    if not isinstance(pattern, str):
-        return False
-    try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError):
-        return False
-    return True
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+@dataclass(slots=True)
+class PatternReport:
+    """A regular expression of the document that Python's `re` does not compile as written:
+    translated (`translated` is what the schema holds now) or dropped (`reason` says why)."""
+
+    document: str
+    # JSON pointer, in `document`, of the `pattern` value or of the `patternProperties` key.
+    pointer: str
+    keyword: str
+    pattern: str
+    translated: str | None
+    reason: str | None
+    rules: tuple[str, ...] = ()
+    tools: list[str] = field(default_factory=list)
+
+    @property
+    def dropped(self) -> bool:
+        return self.translated is None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": "pattern_dropped" if self.dropped else "pattern_translated",
+                               "document": self.document, "pointer": self.pointer, "keyword": self.keyword,
+                               "pattern": self.pattern, "tools": list(self.tools)}
+        if self.dropped:
+            out["reason"] = self.reason
+        else:
+            out["translated"] = self.translated
+            out["rules"] = list(self.rules)
+        return out
+
+    def message(self) -> str:
+        where = f"{self.document}#{self.pointer}"
+        tools = ", ".join(self.tools[:5]) + (f" and {len(self.tools) - 5} more" if len(self.tools) > 5 else "")
+        if self.dropped:
+            return (f"{self.keyword} {self.pattern!r} at {where} dropped from the schema of {tools or 'no tool'}: "
+                    f"{self.reason}")
+        return f"{self.keyword} {self.pattern!r} at {where} translated to {self.translated!r}"
 
 
 class SchemaTranslator:
@@ -96,16 +134,46 @@ class SchemaTranslator:
         self._taken_names: set[str] = set()
         self.defs: dict[str, Any] = {}
         self._def_deps: dict[str, frozenset[str]] = {}
+        # Patterns met that `re` does not compile as written, by (document, pointer).
+        self.reports: dict[tuple[str, str], PatternReport] = {}
+        # Which reports each memoized node holds, and the sets collecting them while walking (the
+        # outermost one is the current operation's), so every tool using a node is named.
+        self._memo_reports: dict[tuple[str, int], frozenset[tuple[str, str]]] = {}
+        self._collecting: list[set[tuple[str, str]]] = [set()]
 
     # -- public ------------------------------------------------------------------------------
 
-    def translate(self, schema: Any, base_uri: str) -> tuple[Any, frozenset[str]]:
+    def translate(self, schema: Any, base_uri: str, pointer: str = "") -> tuple[Any, frozenset[str]]:
         """Translate one schema found in the document at `base_uri`.
 
-        Returns the JSON Schema node and the `$defs` names it refers to (pass both to `bundle`
-        once the node sits inside the tool's schema).
+        `pointer` is where `schema` stands in that document (for reports). Returns the JSON Schema
+        node and the `$defs` names it refers to (pass both to `bundle` once the node sits inside
+        the tool's schema).
         """
-        return self._walk(schema, base_uri)
+        return self._walk(schema, base_uri, 0, pointer)
+
+    def take_reports(self) -> list[PatternReport]:
+        """The pattern reports met since the last call (one operation's), and start a new collection."""
+        found, self._collecting[0] = self._collecting[0], set()
+        return [self.reports[key] for key in sorted(found)]
+
+    def _collect(self, keys: set[tuple[str, str]] | frozenset[tuple[str, str]]) -> None:
+        for bucket in self._collecting:
+            bucket.update(keys)
+
+    def _pattern(self, value: Any, base: str, pointer: str, keyword: str) -> str | None:
+        """`value` as a pattern Python compiles (translated if need be), or None; recorded when not as written."""
+        if not isinstance(value, str):
+            return None
+        result = python_pattern(value)
+        if result.pattern == value:
+            return value
+        key = (base, pointer)
+        if key not in self.reports:
+            self.reports[key] = PatternReport(base, pointer, keyword, value, result.pattern, result.reason,
+                                              result.rules)
+        self._collect({key})
+        return result.pattern
 
     def closure(self, deps: frozenset[str]) -> dict[str, Any]:
         """The `$defs` entries `deps` need, including the ones those entries refer to."""
@@ -139,17 +207,19 @@ class SchemaTranslator:
 
     # -- walking -----------------------------------------------------------------------------
 
-    def _walk(self, node: Any, base: str, depth: int = 0) -> tuple[Any, frozenset[str]]:
+    def _walk(self, node: Any, base: str, depth: int = 0, pointer: str = "") -> tuple[Any, frozenset[str]]:
         if isinstance(node, bool):
             return node, EMPTY
         if not isinstance(node, dict):
             return {}, EMPTY  # not a schema: accept anything rather than fail the operation
         ref = node.get("$ref")
         if isinstance(ref, str):
-            return self._walk_ref(node, ref, base, depth)
-        return self._walk_keywords(node, base, depth)
+            return self._walk_ref(node, ref, base, depth, pointer)
+        return self._walk_keywords(node, base, depth, pointer=pointer)
 
-    def _walk_ref(self, node: dict[str, Any], ref: str, base: str, depth: int) -> tuple[Any, frozenset[str]]:
+    def _walk_ref(
+        self, node: dict[str, Any], ref: str, base: str, depth: int, pointer: str = ""
+    ) -> tuple[Any, frozenset[str]]:
         found = self._resolver.resolve(ref, base)
         key = found.key
         output = self._mode == "output"
@@ -166,12 +236,17 @@ class SchemaTranslator:
             deps = frozenset({name})
         elif memo_key in self._memo:
             out, deps = self._memo[memo_key]
+            self._collect(self._memo_reports.get(memo_key, frozenset()))
         else:
             self._in_progress.add(key)
+            self._collecting.append(set())
             try:
-                out, deps = self._walk(found.value, found.uri, depth + 1)
+                out, deps = self._walk(found.value, found.uri, depth + 1, found.pointer)
             finally:
                 self._in_progress.discard(key)
+                held = self._collecting.pop()
+            if held:
+                self._memo_reports[memo_key] = frozenset(held)
             if key in self._recursive or _too_big(out):
                 # Recursive or large: one $defs entry per tool instead of a copy at every use.
                 name = self._def_name(key, found.pointer)
@@ -183,17 +258,17 @@ class SchemaTranslator:
         siblings = {k: v for k, v in node.items() if k != "$ref"}
         if not siblings:
             return out, deps
-        return self._merge_siblings(out, deps, siblings, base, depth)
+        return self._merge_siblings(out, deps, siblings, base, depth, pointer)
 
     def _merge_siblings(
-        self, out: Any, deps: frozenset[str], siblings: dict[str, Any], base: str, depth: int
+        self, out: Any, deps: frozenset[str], siblings: dict[str, Any], base: str, depth: int, pointer: str = ""
     ) -> tuple[Any, frozenset[str]]:
         # 3.0 ignores siblings of $ref, but documents use them for descriptions: keep annotations.
         if not self._openapi31:
             siblings = {k: v for k, v in siblings.items() if k in ANNOTATIONS or k in ("example", "nullable")}
             if not siblings:
                 return out, deps
-        extra, extra_deps = self._walk_keywords(siblings, base, depth, nullable_wrap=False)
+        extra, extra_deps = self._walk_keywords(siblings, base, depth, nullable_wrap=False, pointer=pointer)
         if not isinstance(extra, dict) or not extra:
             return out, deps
         deps = deps | extra_deps
@@ -217,15 +292,16 @@ class SchemaTranslator:
         return name
 
     def _walk_keywords(  # noqa: C901 - one flat dispatch over the keywords is easiest to audit
-        self, node: dict[str, Any], base: str, depth: int = 0, *, nullable_wrap: bool = True
+        self, node: dict[str, Any], base: str, depth: int = 0, *, nullable_wrap: bool = True, pointer: str = ""
     ) -> tuple[Any, frozenset[str]]:
         output = self._mode == "output"
         out: dict[str, Any] = {}
         deps = EMPTY
 
-        def sub(value: Any) -> Any:
+        def sub(value: Any, *where: Any) -> Any:
             nonlocal deps
-            result, more = self._walk(value, base, depth)
+            at = pointer + "".join("/" + _escape(str(part)) for part in where)
+            result, more = self._walk(value, base, depth, at)
             if more:
                 deps = deps | more
             return result
@@ -247,7 +323,7 @@ class SchemaTranslator:
             if key == "properties" and isinstance(value, dict):
                 props: dict[str, Any] = {}
                 for name, raw in value.items():
-                    translated = sub(raw)
+                    translated = sub(raw, key, name)
                     hidden = self.target(translated)
                     if isinstance(hidden, dict) and hidden.get("writeOnly" if output else "readOnly") is True:
                         dropped.add(str(name))
@@ -255,28 +331,34 @@ class SchemaTranslator:
                     props[str(name)] = translated
                 out["properties"] = props
             elif key == "patternProperties" and isinstance(value, dict):
-                out[key] = {str(p): sub(s) for p, s in value.items() if _valid_regex(str(p))}
+                kept = {}
+                for raw_pattern, raw in value.items():
+                    at = f"{pointer}/{key}/{_escape(str(raw_pattern))}"
+                    usable = self._pattern(str(raw_pattern), base, at, key)
+                    if usable is not None:
+                        kept[usable] = sub(raw, key, raw_pattern)
+                out[key] = kept
             elif key in ("dependentSchemas",) and isinstance(value, dict):
-                out[key] = {str(p): sub(s) for p, s in value.items()}
+                out[key] = {str(p): sub(s, key, p) for p, s in value.items()}
             elif key in ("additionalProperties", "unevaluatedProperties", "unevaluatedItems"):
                 if isinstance(value, bool):
                     if not (output and value is False):
                         out[key] = value
                 elif isinstance(value, dict):
-                    out[key] = sub(value)
+                    out[key] = sub(value, key)
             elif key == "items":
                 if isinstance(value, bool | dict):
-                    out["items"] = sub(value)
+                    out["items"] = sub(value, key)
                 elif isinstance(value, list) and value:  # draft-4 style tuples
-                    out["prefixItems"] = [sub(v) for v in value]
+                    out["prefixItems"] = [sub(v, key, i) for i, v in enumerate(value)]
             elif key in ("prefixItems", "allOf", "anyOf", "oneOf"):
                 if isinstance(value, list) and value:
                     target = "anyOf" if (output and key == "oneOf") else key
-                    parts = [sub(v) for v in value]
+                    parts = [sub(v, key, i) for i, v in enumerate(value)]
                     out[target] = out.get(target, []) + parts
             elif key in ("not", "contains", "propertyNames", "if", "then", "else"):
                 if isinstance(value, bool | dict):
-                    out[key] = sub(value)
+                    out[key] = sub(value, key)
             elif key == "required":
                 if isinstance(value, list):
                     names = [str(v) for v in value if isinstance(v, str | int) and not isinstance(v, bool)]
@@ -311,8 +393,9 @@ class SchemaTranslator:
                 if isinstance(value, bool):
                     out[key] = value
             elif key == "pattern":
-                if _valid_regex(value):
-                    out[key] = value
+                usable = self._pattern(value, base, f"{pointer}/pattern", key)
+                if usable is not None:
+                    out[key] = usable
             elif key in ("format", "contentEncoding", "contentMediaType"):
                 if isinstance(value, str):
                     out[key] = value

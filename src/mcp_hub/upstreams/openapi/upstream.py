@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 from collections.abc import Callable
@@ -38,8 +39,11 @@ from mcp_hub.upstreams.openapi.refs import (
     source_uri,
 )
 from mcp_hub.upstreams.openapi.request import ArgumentError, build_request, response_to_result
+from mcp_hub.upstreams.openapi.schema import PatternReport
 from mcp_hub.upstreams.openapi.scrub import KNOWN_SECRETS, Scrubber, secret_header_values
 from mcp_hub.upstreams.openapi.urls import URLRefused, canonical, check_host, check_url, url_allowed
+
+logger = logging.getLogger(__name__)
 
 RETRY_INITIAL = 1.0
 RETRY_MAX = 60.0
@@ -151,6 +155,8 @@ class OpenAPIUpstream(Upstream):
         self.base_dir = base_dir
         self.allowed_base_urls = allowed_base_urls
         self.skipped: list[SkippedOperation] = []
+        # Regular expressions of the document dropped from tool schemas (no Python equivalent).
+        self.warnings: list[PatternReport] = []
         self.document: ConvertedDocument | None = None
         self.base_url: str | None = None
         self._bindings: dict[str, OperationBinding] = {}
@@ -286,6 +292,12 @@ class OpenAPIUpstream(Upstream):
         KNOWN_SECRETS.add(*secret_header_values(self.config.headers))
         self.document = converted
         self.skipped = converted.skipped
+        self.warnings = converted.warnings
+        if converted.patterns_translated:
+            logger.info("openapi upstream %r: %d regular expressions translated to Python's dialect",
+                        self.name, len(converted.patterns_translated))
+        for warning in converted.warnings:
+            logger.warning("openapi upstream %r: %s", self.name, warning.message())
         self.base_url = base_url
         self._credential = credential
         self._bindings = converted.bindings
@@ -301,8 +313,15 @@ class OpenAPIUpstream(Upstream):
                 seen.add((parsed.host, parsed.port))
                 await check_host(url, allowed, what)
 
+    def health(self) -> dict[str, Any]:
+        out = super().health()
+        if self.warnings:
+            out["warnings"] = [warning.as_dict() for warning in self.warnings]
+        return out
+
     def _sanitized(self, converted: ConvertedDocument) -> ConvertedDocument:
-        """Skipped operations of a guarded document keep the kind of problem, not its text."""
+        """Skipped operations and pattern warnings of a guarded document keep the kind of problem,
+        not the document's text."""
         skipped = []
         for item in converted.skipped:
             match = _EXCEPTION_REASON.match(item.reason)
@@ -310,6 +329,9 @@ class OpenAPIUpstream(Upstream):
                 item = dataclasses.replace(item, reason=f"{match.group(0)} (details withheld for a registered document)")
             skipped.append(item)
         converted.skipped = skipped
+        for report in converted.warnings:
+            report.pattern, report.pointer = "(withheld)", ""
+            report.reason = "no Python equivalent (details withheld for a registered document)"
         return converted
 
     def _config_urls(self) -> set[str]:
