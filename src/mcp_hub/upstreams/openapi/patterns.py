@@ -267,9 +267,13 @@ def class_text(target: Intervals) -> str:
         return "[\\s\\S]"
     if not target:
         return "[^\\s\\S]"
-    positive = f"[{_body(target)}]"
-    negative = f"[^{_body(complement(target))}]"
-    return positive if _cost(positive) <= _cost(negative) else negative
+    options = [f"[{_body(target)}]", f"[^{_body(complement(target))}]"]
+    for name in ("w", "s", "d", "W", "S", "D"):
+        # A shorthand but for a few characters: `(?![_])[\w|]` is [\p{L}\p{N}|].
+        extra = subtract(shorthand(name), target)
+        if extra and len(extra) <= 8 and not is_subset(shorthand(name), extra):
+            options.append(f"(?:(?![{_ranges_text(extra)}])[{_body(union(target, shorthand(name)))}])")
+    return min(options, key=_cost)
 
 
 def _cost(text: str) -> int:
