@@ -2,7 +2,10 @@
 
 Per document: OpenAPI version, operations, tools produced, skipped operations, invalid tool names
 (must be 0), schemas failing Draft 2020-12 `check_schema` or pointing outside themselves (must
-be 0), the size of the tool list as JSON, and conversion time. Then totals.
+be 0), the size of the tool list as JSON, and conversion time. Then totals, with what the connector
+did before with what Python's `re` rejects (every such pattern dropped without a word) and with
+non-object JSON answers (no output schema): patterns translated / reported as dropped, and tools
+whose output schema now wraps the answer as `result`.
 
     .venv/bin/python bench/openapi_corpus.py [--no-check] [DIR]
 """
@@ -70,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", nargs="?", default=str(ROOT / "openapi_specs"))
     parser.add_argument("--no-check", action="store_true", help="skip the (slow) schema validation")
     options = parser.parse_args(argv)
-    paths = sorted(p for p in Path(options.folder).iterdir() if p.name.endswith(DOCUMENT_SUFFIXES))
+    paths = sorted(p for p in Path(options.folder).rglob("*") if p.name.endswith(DOCUMENT_SUFFIXES))
     header = f"{'document':34} {'ver':5} {'ops':>5} {'tools':>5} {'skip':>4} {'badname':>7} {'badschema':>9} {'MB':>6} {'secs':>6}"
     print(header)
     print("-" * len(header))
     totals = {"docs": 0, "ok": 0, "ops": 0, "tools": 0, "skipped": 0, "bad_names": 0, "bad_schemas": 0,
-              "seconds": 0.0, "bytes": 0}
+              "seconds": 0.0, "bytes": 0, "translated": 0, "reported": 0, "wrapped": 0}
     for path in paths:
         totals["docs"] += 1
         started = time.perf_counter()
@@ -97,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         totals["bad_schemas"] += bad
         totals["seconds"] += seconds
         totals["bytes"] += size
+        totals["translated"] += len(converted.patterns_translated)
+        totals["reported"] += len(converted.warnings)
+        totals["wrapped"] += sum(b.output_wrapped for b in converted.bindings.values())
         print(f"{path.name:34} {converted.openapi_version:5} {converted.operations:5} {len(converted.tools):5} "
               f"{len(converted.skipped):4} {bad_names:7} {bad:9} {size / 1e6:6.2f} {seconds:6.2f}")
         for skip in converted.skipped[:3]:
@@ -108,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"invalid tool names: {totals['bad_names']}, invalid or open schemas: "
           f"{'not checked' if options.no_check else totals['bad_schemas']}")
     print(f"tool list JSON: {totals['bytes'] / 1e6:.1f} MB, conversion time: {totals['seconds']:.2f} s")
+    rejected = totals["translated"] + totals["reported"]
+    print(f"patterns Python's re rejects: {rejected} (before: all dropped silently); now translated "
+          f"{totals['translated']}, dropped and reported {totals['reported']}, dropped silently 0")
+    print(f"tools with a non-object JSON answer: {totals['wrapped']} (before: no output schema; now "
+          "wrapped as {\"result\": ...})")
     return 1 if totals["bad_names"] or totals["bad_schemas"] or totals["ok"] != totals["docs"] else 0
 
 
