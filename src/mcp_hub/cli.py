@@ -566,7 +566,8 @@ def cmd_openapi_inspect(args: argparse.Namespace) -> int:
     skipped = [{"method": s.method, "path": s.path, "operation_id": s.operation_id, "reason": s.reason}
                for s in converted.skipped]
     report = {"title": converted.title, "openapi_version": converted.openapi_version,
-              "operations": converted.operations, "servers": converted.servers, "tools": tools, "skipped": skipped}
+              "operations": converted.operations, "servers": converted.servers, "tools": tools, "skipped": skipped,
+              "warnings": [w.as_dict() for w in converted.warnings]}
     if args.json:
         _print_json(report)
         return 0
@@ -584,6 +585,11 @@ def cmd_openapi_inspect(args: argparse.Namespace) -> int:
         for s in skipped:
             op = f" ({s['operation_id']})" if s["operation_id"] else ""
             print(f"  {s['method']} {s['path']}{op}: {s['reason']}")
+    if converted.warnings:
+        print()
+        print("patterns dropped (no Python equivalent):")
+        for warning in converted.warnings:
+            print(f"  {warning.message()}")
     return 0
 
 
