@@ -11,6 +11,7 @@ the SDK's own transport. A test pins them against the SDK version the project in
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -18,8 +19,11 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp.client.session import ClientSession
+from mcp.server.runner import serve_loop
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+logger = logging.getLogger(__name__)
 
 try:  # the client's era negotiation for protocol `auto` (a private module of the SDK)
     from mcp.client._probe import negotiate_auto as _negotiate_auto
@@ -31,7 +35,7 @@ def check() -> list[str]:
     """What this module relies on that the installed SDK does not have (empty: everything is there)."""
     missing: list[str] = []
     manager_attrs = StreamableHTTPSessionManager.__init__.__code__.co_names
-    for name in ("_server_instances", "_session_owners"):
+    for name in ("_server_instances", "_session_owners", "_task_group", "_lifespan_state"):
         if name not in manager_attrs:
             missing.append(f"StreamableHTTPSessionManager.{name}")
     transport_names = _code_names(StreamableHTTPServerTransport)
@@ -95,6 +99,49 @@ def session_busy(transport: Any) -> Iterator[None]:
         transport._requests_in_flight -= 1
         if not transport._requests_in_flight:
             idle.deadline = anyio.current_time() + timeout
+
+
+async def adopt_session(manager: StreamableHTTPSessionManager, session_id: str, owner: Any) -> Any:
+    """Open, in this process, a stateful session another replica opened: a transport with that id,
+    registered as the manager registers its own (with `owner` as the credential that may use it), its
+    server task started as the manager starts it. Returns the transport; the caller replays the
+    session's `initialize` into it. None when the manager keeps its sessions elsewhere."""
+    table = session_table(manager)
+    group = getattr(manager, "_task_group", None)
+    discard = getattr(manager, "_discard_session", None)
+    if table is None or group is None or discard is None:
+        return None
+    if session_id in table:
+        return table[session_id]
+    transport = StreamableHTTPServerTransport(
+        mcp_session_id=session_id, is_json_response_enabled=manager.json_response, event_store=manager.event_store,
+        security_settings=manager.security_settings, retry_interval=manager.retry_interval,
+        idle_timeout=manager.session_idle_timeout,
+    )
+    table[session_id] = transport
+    if owner is not None:
+        session_owners(manager)[session_id] = owner
+
+    async def run_server(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        async with transport.connect() as (read_stream, write_stream):
+            task_status.started()
+            try:
+                idle = transport.idle_scope if transport.idle_scope is not None else anyio.CancelScope()
+                with idle:
+                    await serve_loop(manager.app, read_stream, write_stream,
+                                     lifespan_state=getattr(manager, "_lifespan_state", None), session_id=session_id)
+            except Exception:
+                logger.exception("adopted session %s crashed", session_id[:64])
+            finally:
+                await discard(session_id, transport)
+
+    try:
+        await group.start(run_server)
+    except BaseException:
+        table.pop(session_id, None)
+        session_owners(manager).pop(session_id, None)
+        raise
+    return transport
 
 
 # -- client side ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -256,6 +256,31 @@ class RedisStore(RegistrationStore):
 
     def describe(self) -> str:
         return f"{redact_uri(self.url)} (hash {self.key})"
+
+
+class AnnouncingStore(RegistrationStore):
+    """A store that tells the other replicas (sessions shared: `sessions:`) after each change it saved,
+    so each of them reads the store again and serves the same registrations within a second."""
+
+    def __init__(self, inner: RegistrationStore, announce: Callable[[str], Awaitable[Any]]) -> None:
+        self.inner = inner
+        self._announce = announce
+
+    async def load(self) -> list[Registration]:
+        return await self.inner.load()
+
+    async def save(self, registration: Registration) -> None:
+        await self.inner.save(registration)
+        await self._announce("registry")
+
+    async def delete(self, name: str) -> bool:
+        deleted = await self.inner.delete(name)
+        if deleted:
+            await self._announce("registry")
+        return deleted
+
+    def describe(self) -> str:
+        return self.inner.describe()
 
 
 def default_store_location(config_path: str | Path | None) -> str:

@@ -11,6 +11,7 @@ from mcp_hub.config.admin import AdminConfig
 from mcp_hub.config.auth import AuthConfig, UpstreamCredentialConfig
 from mcp_hub.config.openapi import OpenAPIUpstreamConfig
 from mcp_hub.config.policy import PolicyConfig
+from mcp_hub.config.sessions import SessionsConfig
 from mcp_hub.config.tracing import TracingConfig
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$"
@@ -117,6 +118,11 @@ class ListenConfig(_Model):
         default=None, description="Host headers accepted (DNS-rebinding protection); loopback by default."
     )
     allowed_origins: list[str] | None = None
+    max_sessions_per_consumer: int | None = Field(
+        default=64, ge=1,
+        description="Open Streamable HTTP sessions one consumer may hold (across replicas with `sessions:`); one "
+        "more is refused with HTTP 429. null: no limit.",
+    )
     on_collision: Literal["error", "warn"] = Field(
         default="error",
         description="Two upstreams offering one exposed name at start: refuse to start, or warn and keep "
@@ -134,6 +140,9 @@ class GatewayConfig(_Model):
     servers: list[ServerRoute] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig, description="How callers authenticate and how their tokens become consumers and groups.")
     admin: AdminConfig = Field(default_factory=AdminConfig, description="The admin API.")
+    sessions: SessionsConfig | None = Field(
+        default=None, description="Shared sessions on Redis (`redis://host:port`): replicas serve each other's sessions "
+        "behind a load balancer without affinity (docs/deploy.md). Absent: sessions stay in their process.")
     tracing: TracingConfig = Field(default_factory=TracingConfig, description="OpenTelemetry traces of every MCP request, exported over OTLP/HTTP (off by default; docs/tracing.md).")
     # Policy keys (default_acl, groups, ...) sit at the top level; parse_config validates them as one model.
     policy: PolicyConfig = Field(default_factory=PolicyConfig, exclude=True)

@@ -173,7 +173,7 @@ class ToolCalls:
         if resumed:
             # A round of an upstream's own input requests, relayed as they came: admitted when the call started.
             try:
-                upstream_state = self.states.open(request.request_state or "", method="tools/call",
+                upstream_state = await self.states.take(request.request_state or "", method="tools/call",
                                                   target=request.name, consumer=caller.consumer.name, route=route.path)
             except MCPError as exc:
                 await self.meter.settle(record, CallOutcome.ERROR, error=exc.error.message)

@@ -1,7 +1,10 @@
 """Keeping a running gateway in step with its config file: SIGHUP, file changes, `POST /admin/reload`.
 
 The registry of runtime OpenAPI registrations (admin layer) is reached through the gateway's
-`openapi_registry` attribute, so this module needs nothing above core.
+`openapi_registry` attribute, so this module needs nothing above core. With shared sessions
+(`sessions:`), the transport layer puts a `replica_bus` on the gateway: a reload done here is
+announced to the other replicas, which reload too (`reload_checked(..., announce=False)`), and a
+change of the registrations one of them made is applied with `reload_registrations`.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ class ConfigSourceError(Exception):
     """A source of configuration besides the file (e.g. the registration store) cannot be read or used."""
 
 
-async def reload_checked(gateway: Gateway, path: str | Path) -> dict[str, list[str]]:
+async def reload_checked(gateway: Gateway, path: str | Path, *, announce: bool = True) -> dict[str, list[str]]:
     """Load the config file again, re-read the OpenAPI registrations, and switch to both.
 
     Raises `ConfigError` (or `ValueError`, `ConfigSourceError`) and changes nothing when either is unusable.
+    `announce`: tell the other replicas (when sessions are shared) to reload too.
     """
     config = load_config(path)
     for key, value in (getattr(gateway, "listen_overrides", None) or {}).items():
@@ -53,17 +57,36 @@ async def reload_checked(gateway: Gateway, path: str | Path) -> dict[str, list[s
             raise
     summary["restart_required"] = summary.get("restart_required", []) + restart
     if registry is not None:
-        # Virtual servers are rebuilt from the config; put back the registrations that asked for them.
-        extra = False
-        for registration in registry.registrations.values():
-            for path_ in registration.routes:
-                route = gateway.routes.get(path_)
-                if route is not None and registration.name in gateway.upstreams and registration.name not in route.upstreams:
-                    route.upstreams.append(registration.name)
-                    extra = True
-        if extra:
-            gateway.rebuild()
+        _registered_routes(gateway, registry)
+    bus: Any = getattr(gateway, "replica_bus", None)
+    if announce and bus is not None:
+        await bus.announce("reload")
     return summary
+
+
+async def reload_registrations(gateway: Gateway) -> dict[str, list[str]] | None:
+    """Another replica registered or removed an OpenAPI upstream: read the store again and serve what it
+    holds (upstreams started and stopped, clients told of the change). None without a registry."""
+    registry: Any = getattr(gateway, "openapi_registry", None)
+    if registry is None:
+        return None
+    await registry.load()
+    summary = await gateway.reload(gateway.config)
+    _registered_routes(gateway, registry)
+    return summary
+
+
+def _registered_routes(gateway: Gateway, registry: Any) -> None:
+    """Virtual servers are rebuilt from the config; put back the registrations that asked for them."""
+    extra = False
+    for registration in registry.registrations.values():
+        for path_ in registration.routes:
+            route = gateway.routes.get(path_)
+            if route is not None and registration.name in gateway.upstreams and registration.name not in route.upstreams:
+                route.upstreams.append(registration.name)
+                extra = True
+    if extra:
+        gateway.rebuild()
 
 
 async def reload_from_file(gateway: Gateway, path: str | Path) -> dict[str, list[str]] | None:

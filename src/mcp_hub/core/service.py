@@ -119,7 +119,7 @@ class RequestService:
         peer answers the rounds; a 2026-07-28 caller gets them as they came, with the state sealed."""
         ctx = context_for(caller)
         if caller.modern and answers is not None and answers.request_state:
-            ctx.request_state = self.calls.states.open(answers.request_state, method=method, target=shown,
+            ctx.request_state = await self.calls.states.take(answers.request_state, method=method, target=shown,
                                                        consumer=caller.consumer.name, route=route.path)
             ctx.input_responses = answers.input_responses
         for _ in range(MAX_ROUNDS):

@@ -29,6 +29,7 @@ from mcp_hub.config import GatewayConfig
 from mcp_hub.core.hub import CONSUMER_SCOPE_KEY, Gateway
 from mcp_hub.core.reload import watch_config
 from mcp_hub.transport.direct import DirectCalls
+from mcp_hub.transport.replicas import SessionGate, shared_sessions
 from mcp_hub.upstreams.base import UpstreamState
 
 LOOPBACK_NAMES = ("localhost",)
@@ -240,6 +241,7 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
     routes: list[BaseRoute] = []
     protect = _auth_wrapper(gateway)
     direct_on = config.listen.direct_calls and _direct_entry_usable(gateway)
+    replicas = shared_sessions(gateway)  # None unless `sessions:` is set
     if not config.listen.direct_calls:
         gateway.direct_stats.off = "listen.direct_calls is false"
     upstream_as = {spec.path: spec.authorization_servers for spec in config.servers if spec.authorization_servers}
@@ -257,6 +259,8 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
         if direct_on:
             endpoint = DirectCalls(endpoint, gateway, route.path, manager, json_response=config.listen.json_response,
                                    max_body=config.listen.max_request_body, stats=gateway.direct_stats)
+        endpoint = SessionGate(endpoint, gateway, route.path, manager, replicas=replicas,
+                               direct=endpoint if isinstance(endpoint, DirectCalls) else None)
         endpoint = protect(endpoint, route.path)
         if route.path in upstream_as:
             resource = _route_resource(gateway, route.path)
@@ -288,6 +292,8 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as stack:
             await tg.start(gateway.run)
+            if replicas is not None:
+                await tg.start(replicas.run)
             if gateway.config_path:
                 tg.start_soon(watch_config, gateway, gateway.config_path)
             for manager in managers:

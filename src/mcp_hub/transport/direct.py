@@ -151,7 +151,7 @@ class _StreamPeer(DownstreamPeer):
         return self.reply.sse is not False and self.session_id is not None and self.session.declares(method)
 
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        key = (self.session_id, f"mcphub-{next(self.owner.ids)}")
+        key = (self.session_id, f"mcphub-{self.owner.id_tag}{next(self.owner.ids)}")
         answered = anyio.Event()
         box: dict[str, Any] = {}
         self.owner.waiting[key] = (answered, box)
@@ -188,6 +188,9 @@ class DirectCalls:
         self.sessions: dict[str, _Session] = {}
         self.waiting: dict[tuple[str, Any], tuple[anyio.Event, dict[str, Any]]] = {}
         self.ids = itertools.count(1)
+        # With shared sessions, the ids of questions put to callers name this replica ("mcphub-<replica>.<n>"),
+        # so an answer POSTed to another replica is sent on to this one (transport/replicas.py).
+        self.id_tag = ""
         # The SDK transport's session table; without it (another SDK layout) every call goes to the SDK.
         self._instances = sdk_internals.session_table(manager) if not sdk_internals.direct_entry_missing() else None
         self._owners: dict[str, Any] = sdk_internals.session_owners(manager)
@@ -254,6 +257,47 @@ class DirectCalls:
             await send(event)
 
         await self.app(scope, receive, watch)
+
+    # -- for shared sessions (transport/replicas.py) --------------------------------------------------
+
+    def note_session(self, session_id: str, capabilities: Any, client_info: Any, log_level: Any = None) -> None:
+        """A session this replica adopted: what its client declared when it opened it elsewhere."""
+        self._note_session(session_id, capabilities, client_info)
+        if isinstance(log_level, str) and log_level in LOG_LEVELS:
+            self.sessions[session_id].log_level = log_level
+
+    def has_waiter(self, session_id: str, request_id: Any) -> bool:
+        return (session_id, _hashable(request_id)) in self.waiting
+
+    def has_call(self, session_id: str, request_id: Any) -> bool:
+        session = self.sessions.get(session_id)
+        return session is not None and _hashable(request_id) in session.calls
+
+    @staticmethod
+    def replica_of(request_id: Any) -> str | None:
+        """The replica that put the question answered by `request_id` (None: not one of the direct entry's)."""
+        if isinstance(request_id, str) and request_id.startswith("mcphub-") and "." in request_id:
+            return request_id[len("mcphub-"):].split(".", 1)[0]
+        return None
+
+    def take(self, session_id: str, message: dict[str, Any]) -> bool:
+        """A message another replica received for a session held here: an answer to a question this entry
+        put, or a cancellation of a call it serves. False when it is neither."""
+        if "method" not in message and "id" in message:
+            waiter = self.waiting.get((session_id, _hashable(message.get("id"))))
+            if waiter is None:
+                return False
+            waiter[1].update(message)
+            waiter[0].set()
+            return True
+        if message.get("method") == "notifications/cancelled":
+            params = message.get("params") if isinstance(message.get("params"), dict) else {}
+            session = self.sessions.get(session_id)
+            scope = session.calls.get(_hashable(params.get("requestId"))) if session is not None else None
+            if scope is not None:
+                scope.cancel()
+                return True
+        return False
 
     def _note_session(self, session_id: str, capabilities: Any, client_info: Any) -> None:
         self.sessions[session_id] = _Session(capabilities if isinstance(capabilities, dict) else {},

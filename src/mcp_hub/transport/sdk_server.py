@@ -209,6 +209,9 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             watchers.add(connection)
         if first:
             await service.subscribe_upstream(who, uri, target)
+        gate = _shared_gate(gateway, route)
+        if gate is not None and connection is not None and connection.session_id:
+            await gate.on_subscription(connection.session_id, uri, True)
         return types.EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams) -> types.EmptyResult:
@@ -216,6 +219,9 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
         watchers = route.subscriptions.get(str(params.uri))
         if watchers is not None and connection is not None:
             watchers.discard(connection)
+        gate = _shared_gate(gateway, route)
+        if gate is not None and connection is not None and connection.session_id:
+            await gate.on_subscription(connection.session_id, str(params.uri), False)
         return types.EmptyResult()
 
     async def complete(ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> types.CompleteResult:
@@ -247,6 +253,9 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
         connection = sdk_internals.connection_of(ctx.session)
         if connection is not None:
             connection.state[_LOG_LEVEL_STATE] = params.level
+            gate = _shared_gate(gateway, route)
+            if gate is not None and connection.session_id:
+                await gate.on_level(connection.session_id, params.level)
         return types.EmptyResult()
 
     server = _HubServer(
@@ -329,6 +338,12 @@ def _check_task_name(ctx: ServerRequestContext[Any, Any], task_id: str) -> None:
     name = _header(ctx, MCP_NAME_HEADER.encode())
     if name is not None and decode_header_value(name) != task_id:
         raise MCPError(code=types.HEADER_MISMATCH, message="Mcp-Name header does not match params.taskId")
+
+
+def _shared_gate(gateway: Gateway, route: Route) -> Any:
+    """The route's shared-session entry (transport/replicas.py) when sessions are shared, else None."""
+    bus = getattr(gateway, "replica_bus", None)
+    return bus.entries.get(route.path) if bus is not None else None
 
 
 def _header(ctx: ServerRequestContext[Any, Any], name: bytes) -> str | None:
