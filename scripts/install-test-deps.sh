@@ -18,12 +18,17 @@ log "installing the project into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import mcp_hub, mcp, limits, authlib" >/dev/null
 
-# redis-server from Debian.
-if ! command -v redis-server >/dev/null 2>&1; then
-  log "installing redis-server"
+# From Debian: redis-server (budgets, shared sessions), haproxy (the replicas' load balancer),
+# chromium (the browser sign-in test, driven by playwright).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null 2>&1 || true
-  apt-get install -y -qq redis-server >/dev/null
+  apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # Node 22 (the conformance suite and oidc-provider need it) in a local folder.
@@ -45,6 +50,7 @@ npm_pkgs=(
   "conformance-next@npm:@modelcontextprotocol/conformance@0.2.0-alpha.12"
   "@anthropic-ai/claude-code@2.1.328"
   "oidc-provider@9.13.3"
+  "mcp-remote@0.15.1"
   "@stoplight/prism-cli@5.16.0"
 )
 stamp="$tools/npm/.installed-$(printf '%s\n' "${npm_pkgs[@]}" | sha256sum | cut -c1-16)"
