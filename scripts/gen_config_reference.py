@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from mcp_hub.config import admin as admin_models  # noqa: E402
 from mcp_hub.config import auth as auth_models  # noqa: E402
+from mcp_hub.config import catalog as catalog_models  # noqa: E402
 from mcp_hub.config import models as gateway_models  # noqa: E402
 from mcp_hub.config import openapi as openapi_models  # noqa: E402
 from mcp_hub.config import policy as policy_models  # noqa: E402
@@ -253,6 +254,10 @@ def sections() -> list[Section]:
         Section("admin", admin_models.AdminConfig),
         Section("admin.keys[]", admin_models.AdminKey),
         Section("tracing", tracing_models.TracingConfig),
+        Section("catalog", catalog_models.CatalogConfig,
+                "At the top level (every route), in a `servers:` entry (that route) and in `groups.<name>` (that "
+                "group's callers); docs/catalog.md says how the levels combine."),
+        Section("catalog.meta_tools", catalog_models.MetaToolNames),
     ]
     return out
 

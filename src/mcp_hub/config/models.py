@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from mcp_hub.config.admin import AdminConfig
 from mcp_hub.config.auth import AuthConfig, UpstreamCredentialConfig
+from mcp_hub.config.catalog import CatalogConfig
 from mcp_hub.config.openapi import OpenAPIUpstreamConfig
 from mcp_hub.config.policy import PolicyConfig
 from mcp_hub.config.sessions import SessionsConfig
@@ -100,6 +101,9 @@ class ServerRoute(_Model):
         description="OAuth scopes a token needs on this route (403 insufficient_scope without them); default "
         "`auth.required_scopes`. Published as this route's `scopes_supported` and in its challenges' `scope=`.",
     )
+    catalog: CatalogConfig | None = Field(
+        default=None, description="This route's catalog budget and meta-tools, over the top-level `catalog:` "
+        "(docs/catalog.md).")
 
 
 class ListenConfig(_Model):
@@ -144,6 +148,9 @@ class GatewayConfig(_Model):
         default=None, description="Shared sessions on Redis (`redis://host:port`): replicas serve each other's sessions "
         "behind a load balancer without affinity (docs/deploy.md). Absent: sessions stay in their process.")
     tracing: TracingConfig = Field(default_factory=TracingConfig, description="OpenTelemetry traces of every MCP request, exported over OTLP/HTTP (off by default; docs/tracing.md).")
+    catalog: CatalogConfig | None = Field(
+        default=None, description="Token budget of every route's tool catalog, and the compact catalog's meta-tools "
+        "(docs/catalog.md).")
     # Policy keys (default_acl, groups, ...) sit at the top level; parse_config validates them as one model.
     policy: PolicyConfig = Field(default_factory=PolicyConfig, exclude=True)
     # The folder relative paths in the config (OpenAPI documents) are resolved against.

@@ -41,6 +41,8 @@ from pydantic import (
     model_validator,
 )
 
+from mcp_hub.config.catalog import CatalogConfig
+
 Strategy = Literal["moving-window", "fixed-window", "sliding-window-counter"]
 Scope = Literal["group", "consumer"]
 Kind = Literal["tool", "resource", "prompt"]
@@ -211,6 +213,8 @@ class GroupPolicy(_Model):
     prompts: AccessRules = Field(default_factory=AccessRules)
     budgets: list[BudgetRule] = Field(default_factory=list)
     rate_limits: list[RateLimitRule] = Field(default_factory=list)
+    catalog: CatalogConfig | None = Field(
+        default=None, description="This group's catalog budget and meta-tools, over the route's (docs/catalog.md).")
 
     def rules_for(self, kind: Kind) -> AccessRules:
         """The access rules for tools, resources or prompts."""
