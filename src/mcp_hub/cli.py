@@ -417,8 +417,11 @@ def print_catalog(catalog: dict[str, Any], out: TextIO | None = None) -> None:
               f"{len(route['prompts'])} of {totals['prompts']} prompts, "
               f"{len(route['resources'])} of {totals['resources']} resources", file=out)
         if route["tools"]:
-            _table(["TOOL", "UPSTREAM", "DESCRIPTION"],
-                   [[t["name"], t["upstream"], t["description"]] for t in route["tools"]], out)
+            _table(["TOOL", "UPSTREAM", "TOKENS", "DESCRIPTION"],
+                   [[t["name"], t["upstream"], f"{t.get('tokens', 0):,}", t["description"]] for t in route["tools"]],
+                   out)
+        if route.get("catalog"):
+            _print_catalog_cost(route["catalog"], out)
         if route["prompts"]:
             print(file=out)
             _table(["PROMPT", "UPSTREAM", "DESCRIPTION"],
@@ -430,6 +433,16 @@ def print_catalog(catalog: dict[str, Any], out: TextIO | None = None) -> None:
     down = {n: s for n, s in catalog.get("upstreams", {}).items() if s != "up"}
     if down:
         print("not up (their items are missing above): " + ", ".join(f"{n} ({s})" for n, s in down.items()), file=out)
+
+
+def _print_catalog_cost(cost: dict[str, Any], out: TextIO) -> None:
+    """The total tokens of a route's catalog, and what tools/list gives past the budget (core/economy.py)."""
+    budget = f" of max_tokens {cost['max_tokens']:,}" if cost.get("max_tokens") is not None else ""
+    print(f"total: {cost['tokens']:,} tokens{budget} (tools/list as the client receives it; counter "
+          f"{cost['counter']})", file=out)
+    if cost.get("compact"):
+        print(f"over the budget: tools/list gives the compact catalog, {cost['listed_tokens']:,} tokens: "
+              + ", ".join(cost["listed"] or []), file=out)
 
 
 def print_explanation(result: dict[str, Any], out: TextIO | None = None) -> None:

@@ -107,12 +107,16 @@ def catalog_for(gateway: Gateway, consumer: Consumer, route: str | None = None) 
         tools = gateway.visible_tools(view, consumer)
         prompts = gateway.visible_prompts(view, consumer)
         resources = gateway.visible_resources(view, consumer)
+        # What the catalog costs these callers (core/economy.py): per tool, in all, and what tools/list gives them.
+        economy = gateway.service.economy.report(found, consumer)
+        per_tool = economy.pop("tool_tokens")
         out["routes"][path] = {
             "tools": [
                 {"name": t.name, "upstream": view.tools[t.name][1].upstream, "original": view.tools[t.name][1].original,
-                 "description": _first_line(t.description)}
+                 "description": _first_line(t.description), "tokens": per_tool.get(t.name, 0)}
                 for t in tools
             ],
+            "catalog": economy,
             "prompts": [
                 {"name": p.name, "upstream": view.prompts[p.name][1].upstream, "description": _first_line(p.description)}
                 for p in prompts

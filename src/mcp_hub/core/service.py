@@ -21,6 +21,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_hub import tracing
 from mcp_hub.catalog.view import Target
 from mcp_hub.core.calls import MAX_ROUNDS, CallAnswer, Caller, ToolCalls, ToolRequest, fulfil
+from mcp_hub.core.economy import Economy
 from mcp_hub.core.tasks import declares_tasks, missing_extension
 from mcp_hub.upstreams.base import CallContext, Upstream, UpstreamUnavailable
 
@@ -47,6 +48,9 @@ class RequestService:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.calls = ToolCalls(gateway)
+        # The catalog's token budget and its compact form (core/economy.py); the metric is read at scrape time.
+        self.economy = Economy(gateway)
+        gateway.meter.metrics.watch_catalogs(self.economy.samples)
 
     # -- listings --------------------------------------------------------------------------------
 
@@ -58,8 +62,9 @@ class RequestService:
     def visible(self, route: Route, caller: Caller, kind: str) -> list[Any]:
         """`list` for a caller whose per-consumer upstreams are prepared already."""
         gw, view, consumer = self.gateway, route.view, caller.consumer
-        pick = {"tool": gw.visible_tools, "prompt": gw.visible_prompts, "resource": gw.visible_resources,
-                "template": gw.visible_templates}[kind]
+        if kind == "tool":  # the whole catalog the ACL shows, or its compact form past the budget
+            return self.economy.listed(route, consumer, gw.visible_tools(view, consumer))
+        pick = {"prompt": gw.visible_prompts, "resource": gw.visible_resources, "template": gw.visible_templates}[kind]
         return pick(view, consumer)
 
     async def prepare(self, route: Route, caller: Caller) -> None:
@@ -87,6 +92,10 @@ class RequestService:
         return target
 
     async def call_tool(self, route: Route, caller: Caller, request: ToolRequest) -> CallAnswer:
+        role = self.economy.meta_role(route, caller.consumer, request.name)
+        if role is not None:  # a meta-tool of the caller's compact catalog (its `call` comes back to `calls.call`)
+            await self.prepare(route, caller)
+            return await self.economy.answer(route, caller, request, role, self.calls)
         if route.view.resolve_tool(request.name) is None:
             # A per-consumer upstream lists its items once this caller's session is open: a call may come first.
             await self.prepare(route, caller)

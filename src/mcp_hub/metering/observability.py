@@ -367,6 +367,10 @@ class Metrics:
         self.active_sessions = Gauge("mcp_hub_active_sessions", "open downstream MCP sessions", registry=r)
         self.storage_errors = Counter("mcp_hub_policy_storage_errors", "budget storage failures",
                                       ["operation"], registry=r)
+        self.catalog_tokens = Gauge("mcp_hub_catalog_tokens",
+                                    "tokens of a route's tools/list as a group's callers receive it",
+                                    ["route", "group"], registry=r)
+        self._catalog_reader: Callable[[], Iterable[tuple[str, tuple[str, ...], int]]] | None = None
         self._upstream_reader: Callable[[], Mapping[str, bool]] | None = None
         self._session_reader: Callable[[], int] | None = None
         # Label values of upstream_up currently exported, so vanished upstreams can be removed.
@@ -464,6 +468,14 @@ class Metrics:
         """Set `mcp_hub_active_sessions` from `read()` (open sessions) at every scrape; replaces an earlier reader."""
         self._session_reader = read
 
+    def set_catalog_tokens(self, route: str, group_key: Iterable[str], tokens: int) -> None:
+        """The tokens of `route`'s tool listing for a group set (`mcp_hub_catalog_tokens`)."""
+        self.catalog_tokens.labels(self._guard("route", route), self._guard("group", group_label(group_key))).set(tokens)
+
+    def watch_catalogs(self, read: Callable[[], Iterable[tuple[str, tuple[str, ...], int]]]) -> None:
+        """Set `mcp_hub_catalog_tokens` from `read()` ((route, group set, tokens) rows) at every scrape."""
+        self._catalog_reader = read
+
     def _set_upstreams(self, states: Mapping[str, bool]) -> None:
         up: dict[str, bool] = {}
         for name, state in states.items():
@@ -489,6 +501,12 @@ class Metrics:
                 self.active_sessions.set(int(self._session_reader()))
             except Exception as exc:  # noqa: BLE001 - one broken reader must not fail the whole scrape
                 _log.warning("metrics reader failed", gauge="mcp_hub_active_sessions", error=repr(exc))
+        if self._catalog_reader is not None:
+            try:
+                for route, group_key, tokens in self._catalog_reader():
+                    self.set_catalog_tokens(route, group_key, tokens)
+            except Exception as exc:  # noqa: BLE001 - one broken reader must not fail the whole scrape
+                _log.warning("metrics reader failed", gauge="mcp_hub_catalog_tokens", error=repr(exc))
 
     def session_opened(self) -> None:
         """A downstream session started."""
