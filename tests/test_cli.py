@@ -84,8 +84,9 @@ def test_tools_from_a_config(config_file: Path) -> None:
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
     assert lines[0].startswith("/mcp (consumer anonymous, groups developer): 3 of ")
-    assert re.split(r"\s{2,}", lines[1]) == ["TOOL", "UPSTREAM", "DESCRIPTION"]
-    rows = {re.split(r"\s{2,}", line)[0]: line for line in lines[2:] if line.strip()}
+    assert re.split(r"\s{2,}", lines[1]) == ["TOOL", "UPSTREAM", "TOKENS", "DESCRIPTION"]
+    rows = {re.split(r"\s{2,}", line)[0]: line for line in lines[2:] if line.strip() and not line.startswith("total:")}
+    assert re.search(r"^total: [\d,]+ tokens \(tools/list as the client receives it; counter estimate\)$", table.stdout, re.M)
     assert set(rows) == {"time__get_current_time", "tiny__echo", "tiny__add"}
     assert "Get current time" in rows["time__get_current_time"]
     # not a terminal: no spinner, one final line

@@ -39,9 +39,7 @@ from mcp_hub.catalog.search import SearchIndex, ToolDoc, tool_doc
 from mcp_hub.catalog.tokens import (
     TokenCounter,
     estimate_tokens,
-    listing_tokens,
     load_counter,
-    tool_tokens,
     wire_tool,
 )
 from mcp_hub.config import ConfigError, GatewayConfig
@@ -60,6 +58,7 @@ MAX_BROWSE = 200
 # Plans and group sets remembered (old view versions are dropped first).
 MAX_PLANS = 512
 MAX_SEEN = 256
+MAX_TOOL_TEXTS = 50_000
 
 
 # -- settings: the levels of `catalog:` that apply to one route and group set ---------------------
@@ -239,9 +238,10 @@ class Economy:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         check_config(gateway.config)
-        self._settings: dict[tuple[int, str, tuple[str, ...]], CatalogSettings] = {}
+        self._settings: dict[tuple[str, tuple[str, ...]], tuple[GatewayConfig, CatalogSettings]] = {}
         self._plans: dict[tuple[Any, ...], CatalogPlan] = {}
         self._counters: dict[str | None, TokenCounter] = {}
+        self._json: dict[int, tuple[types.Tool, str]] = {}
         # (route, group set) -> a consumer of it, for the metric at scrape time.
         self._seen: dict[tuple[str, tuple[str, ...]], Consumer] = {}
 
@@ -249,23 +249,25 @@ class Economy:
 
     def settings(self, path: str, group_key: tuple[str, ...]) -> CatalogSettings:
         config = self.gateway.config
-        key = (id(config), path, group_key)
-        found = self._settings.get(key)
-        if found is None:
-            if len(self._settings) > 4096:
-                self._settings.clear()
-            found = self._settings[key] = combine(catalog_levels(config, path, group_key))
-            if len(set(found.names.values())) != len(found.names):  # two groups' names clash: keep the defaults
-                logger.warning("catalog meta-tool names clash for groups %s on %s; using the default names",
-                               ",".join(group_key) or "-", path)
-                found = self._settings[key] = dataclasses.replace(found, names=dict(DEFAULT_META_TOOLS))
+        key = (path, group_key)
+        cached = self._settings.get(key)
+        if cached is not None and cached[0] is config:
+            return cached[1]
+        if len(self._settings) > 4096:
+            self._settings.clear()
+        found = combine(catalog_levels(config, path, group_key))
+        if len(set(found.names.values())) != len(found.names):  # two groups' names clash: keep the defaults
+            logger.warning("catalog meta-tool names clash for groups %s on %s; using the default names",
+                           ",".join(group_key) or "-", path)
+            found = dataclasses.replace(found, names=dict(DEFAULT_META_TOOLS))
+        self._settings[key] = (config, found)
         return found
 
     def counter(self, spec: str | None, key_path: str = "catalog.counter") -> TokenCounter:
         found = self._counters.get(spec)
         if found is None:
             try:
-                found = load_counter(spec)
+                found = _fenced(load_counter(spec), key_path)
             except ValueError as exc:  # checked at start; a reload may bring a bad one
                 logger.error("%s: %s; counting with the estimate", key_path, exc)
                 found = estimate_tokens
@@ -291,21 +293,46 @@ class Economy:
             full = self.gateway.visible_tools(view, consumer)
         settings = self.settings(route.path, consumer.group_key)
         counter = self.counter(settings.counter, settings.counter_key)
-        tokens = listing_tokens([wire_tool(t) for t in full], counter)
+        tokens = counter(self._listing_text(full))
         listed, listed_tokens, compact = full, tokens, False
         if settings.max_tokens is not None and tokens > settings.max_tokens:
             shorter = self._compact_listing(settings, full)
-            shorter_tokens = listing_tokens([wire_tool(t) for t in shorter], counter)
+            shorter_tokens = counter(self._listing_text(shorter))
             # a catalog smaller than the meta-tools themselves is served as it is
             if shorter_tokens < tokens:
                 listed, listed_tokens, compact = shorter, shorter_tokens, True
         plan = CatalogPlan(route.path, consumer.group_key, settings, full, tokens, compact, listed, listed_tokens,
                            counter, by_name={t.name: t for t in full})
         self._report(plan)
-        if len(self._plans) >= MAX_PLANS:
-            self._plans = {k: v for k, v in self._plans.items() if k[1] == view.version}
+        if len(self._plans) >= MAX_PLANS or any(k[1] != view.version for k in self._plans):
+            self._forget_old(view.version)
         self._plans[key] = plan
+        if len(self._json) > 2 * sum(len(p.full) for p in self._plans.values()) + 1024:
+            live = {id(t) for p in self._plans.values() for t in p.full}
+            self._json = {k: v for k, v in self._json.items() if k in live}
         return plan
+
+    def _forget_old(self, version: int) -> None:
+        """Drop the plans of older view versions (all of them past MAX_PLANS: they are rebuilt on use)."""
+        self._plans = {k: v for k, v in self._plans.items() if k[1] == version}
+        if len(self._plans) >= MAX_PLANS:
+            self._plans = {}
+
+    def _listing_text(self, tools: list[types.Tool]) -> str:
+        """The compact JSON of `{"tools": [...]}` as the client receives it (catalog.tokens.wire_json of the
+        wire form; pydantic writes the same text several times faster). Each tool's text is kept while the
+        tool object lives: a rebuild keeps the objects of upstreams that did not change."""
+        return '{"tools":[' + ",".join(self._tool_json(t) for t in tools) + "]}"
+
+    def _tool_json(self, tool: types.Tool) -> str:
+        entry = self._json.get(id(tool))
+        if entry is not None and entry[0] is tool:
+            return entry[1]
+        text = tool.model_dump_json(by_alias=True, exclude_none=True)
+        if len(self._json) > MAX_TOOL_TEXTS:
+            self._json.clear()
+        self._json[id(tool)] = (tool, text)
+        return text
 
     def _compact_listing(self, settings: CatalogSettings, full: list[types.Tool]) -> list[types.Tool]:
         shadowed = set(settings.names.values())
@@ -358,7 +385,7 @@ class Economy:
             "counter": settings.counter or "estimate",
             "listed": [t.name for t in plan.listed] if plan.compact else None,
             "meta_tools": dict(settings.names) if plan.compact else None,
-            "tool_tokens": {t.name: tool_tokens(wire_tool(t), plan.counter) for t in plan.full},
+            "tool_tokens": {t.name: plan.counter(self._tool_json(t)) for t in plan.full},
         }
 
     # -- the meta-tools ----------------------------------------------------------------------------
@@ -442,3 +469,19 @@ class Economy:
                 tags, path = tuple(binding.tags), f"{binding.method} {binding.path}"
             docs.append(tool_doc(tool, upstream=upstream_name or tool.name, tags=tags, path=path))
         return docs
+
+
+def _fenced(counter: TokenCounter, key_path: str) -> TokenCounter:
+    """A configured counter that fails (raises, or returns no count) is reported and replaced by the estimate
+    for that text: a listing must not fail because of it."""
+    if counter is estimate_tokens:
+        return counter
+
+    def count(text: str) -> int:
+        try:
+            return counter(text)
+        except Exception as exc:  # noqa: BLE001 - any failure of a user's function
+            logger.error("%s: the token counter failed (%s); counting with the estimate", key_path, exc)
+            return estimate_tokens(text)
+
+    return count
