@@ -6,8 +6,11 @@ listed through a real MCP client (the SDK's, handshake mode). Prints:
 
 - full catalog: tools, tokens (ceil(chars/4) of the compact JSON `tools/list` result) per upstream
   and in total, bytes, and the time of the first `tools/list`;
-- compact catalog: a second gateway with `catalog: {max_tokens: 5000}` at the top level, its
-  `tools/list` tokens (or "not available" while the gateway refuses the key);
+- compact catalog: a second gateway with `catalog: {max_tokens: 5000}` at the top level: its
+  `tools/list` tokens and tools, the full catalog's tokens as the gateway itself measures them (admin
+  API, compared with the client's count above), and the meta-tools at work through the gateway:
+  the first `catalog_search` (which builds the caller's index), later searches (p50), a browse and
+  a describe;
 - search quality on bench/catalog_queries.yaml: recall@1/@5/@10 and MRR of `SearchIndex` and of a
   baseline in the same run (plain BM25 by bm25s over name + description: no stemming, no field
   weights), over all tasks, per kind, and on the two halves (even tasks: the ones the weights were
@@ -232,6 +235,66 @@ def print_compaction(wire: list[dict[str, Any]]) -> None:
     print(f"  with a 200-character description cap (lossy, optional): {listing_tokens(capped):,} tokens")
 
 
+ADMIN_KEY = "catalog-bench-admin-key-0123456789"
+
+
+async def use_meta_tools(url: str) -> dict[str, Any]:
+    """The compact listing, then the meta-tools as an agent would use them, timed."""
+    out: dict[str, Any] = {}
+    transport = streamable_http_client(url, max_sse_event_size=None)
+    async with Client(transport, mode="legacy", read_timeout_seconds=120) as client:
+        started = time.perf_counter()
+        out["tools"] = (await client.list_tools()).tools
+        out["first_list"] = time.perf_counter() - started
+        started = time.perf_counter()
+        first = await client.call_tool("catalog_search", {"query": "fork a repository"})
+        out["first_search"] = time.perf_counter() - started
+        out["first_hits"] = [h["name"] for h in (first.structured_content or {}).get("tools", [])][:3]
+        times = []
+        for query in ("refund a charge", "post a message to a channel", "list open pull requests",
+                      "current time in Tokyo", "create a customer", "archive a channel", "star a gist"):
+            started = time.perf_counter()
+            await client.call_tool("catalog_search", {"query": query})
+            times.append(time.perf_counter() - started)
+        out["search_p50"] = statistics.median(times)
+        browse = await client.call_tool("catalog_browse", {})
+        out["toolsets"] = len((browse.structured_content or {}).get("toolsets", []))
+        started = time.perf_counter()
+        described = await client.call_tool("catalog_describe", {"names": out["first_hits"][:1]})
+        out["describe"] = time.perf_counter() - started
+        out["described"] = [t["name"] for t in (described.structured_content or {}).get("tools", [])]
+        now = await client.call_tool("catalog_call", {"name": "time__get_current_time",
+                                                      "arguments": {"timezone": "UTC"}})
+        out["call_ok"] = not now.is_error
+    return out
+
+
+def print_compact(tmp: Path, client_tokens: int) -> None:
+    import hashlib
+
+    import httpx2
+
+    config = route_config({"catalog": {"max_tokens": 5000},
+                           "admin": {"keys": [{"name": "bench",
+                                               "sha256": hashlib.sha256(ADMIN_KEY.encode()).hexdigest()}]}})
+    with run_gateway(config, tmp, name="compact") as gateway:
+        wait_until(lambda: gateway.health()["status"] == "ok", timeout=180, what="all upstreams up")
+        used = anyio.run(use_meta_tools, gateway.mcp)
+        report = httpx2.get(f"{gateway.url}/admin/catalog", headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+                            timeout=300).json()["routes"]["/mcp"]["catalog"]
+    compact_wire = [wire_tool(t) for t in used["tools"]]
+    print(f"\ncompact catalog (catalog: {{max_tokens: 5000}}): {len(compact_wire)} tools, "
+          f"{listing_tokens(compact_wire):,} tokens (target <= 5,000); first tools/list {used['first_list']:.2f} s; "
+          f"tools: {', '.join(t['name'] for t in compact_wire)}")
+    same = "equal" if report["tokens"] == client_tokens else f"client counted {client_tokens:,}"
+    print(f"  the gateway's own measure (admin API): full {report['tokens']:,} tokens ({same}), listed "
+          f"{report['listed_tokens']:,}, compact {report['compact']}")
+    print(f"  first catalog_search (builds the index) {used['first_search']:.2f} s, top hits "
+          f"{', '.join(used['first_hits'])}; later searches p50 {used['search_p50'] * 1000:.1f} ms; "
+          f"catalog_browse: {used['toolsets']} toolsets; catalog_describe {used['describe'] * 1000:.1f} ms "
+          f"({', '.join(used['described'])}); catalog_call time__get_current_time ok: {used['call_ok']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=Path, default=ROOT / "bench" / "catalog_queries.yaml")
@@ -243,17 +306,7 @@ def main() -> None:
     wire = print_catalog(tools, first)
     print(f"the SDK client with its default 1 MiB SSE event cap: {default_client}")
     if not args.no_compact_gateway:
-        try:
-            compact, first_compact, _ = listed(route_config({"catalog": {"max_tokens": 5000}}), tmp, "compact")
-        except RuntimeError as exc:
-            if "catalog" not in str(exc):
-                raise
-            print("\ncompact catalog: not available (config key refused)")
-        else:
-            compact_wire = [wire_tool(t) for t in compact]
-            print(f"\ncompact catalog (catalog: {{max_tokens: 5000}}): {len(compact_wire)} tools, "
-                  f"{listing_tokens(compact_wire):,} tokens (target <= 5,000); first tools/list {first_compact:.2f} s; "
-                  f"tools: {', '.join(t['name'] for t in compact_wire[:12])}")
+        print_compact(tmp, listing_tokens(wire))
     print_quality(tools, args.queries)
     print_compaction(wire)
 
