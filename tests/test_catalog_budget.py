@@ -19,6 +19,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+import yaml
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
@@ -291,3 +292,18 @@ async def test_configured_meta_tool_names_and_route_budget(tmp_path: Path) -> No
             assert not called.is_error
         async with Client(gateway.mcp, mode="legacy") as client:
             assert len((await client.list_tools()).tools) == 176
+
+
+def test_reload_refuses_a_counter_that_does_not_load(gw: RunningGateway) -> None:
+    original = gw.config_path.read_text()
+    config = yaml.safe_load(original)
+    config["catalog"]["counter"] = "no_such_module_here:count"
+    try:
+        gw.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        answer = httpx2.post(f"{gw.url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60)
+    finally:
+        gw.config_path.write_text(original)
+    assert answer.status_code == 422, answer.text
+    assert any(p.startswith("catalog.counter: token counter 'no_such_module_here:count': cannot import module")
+               for p in answer.json()["problems"]), answer.json()
+    anyio.run(_list, gw, DEV_KEY)  # the old config keeps serving

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 
 from mcp_hub.config import ConfigError, load_config
+from mcp_hub.core.economy import check_config as check_catalog
 from mcp_hub.core.hub import Gateway
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ async def reload_checked(gateway: Gateway, path: str | Path, *, announce: bool =
     `announce`: tell the other replicas (when sessions are shared) to reload too.
     """
     config = load_config(path)
+    check_catalog(config)  # counters load, meta-tool names differ: checked as at start
     for key, value in (getattr(gateway, "listen_overrides", None) or {}).items():
         setattr(config.listen, key, value)  # command-line options win over the file, as at start
     registry: Any = getattr(gateway, "openapi_registry", None)
