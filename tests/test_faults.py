@@ -26,7 +26,7 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_hub.auth.keys import new_api_key
 from tests.servers.launch import http_server
-from tests.support.gateway import RunningGateway, python_server, run_gateway, wait_until
+from tests.support.gateway import SCRAPE_HEADERS, RunningGateway, python_server, run_gateway, wait_until
 from tests.support.idp import idp_server
 from tests.support.processes import running, wait_for_port
 from tests.support.rpc import MCP_HEADERS, answer_of, initialize_request
@@ -116,7 +116,7 @@ async def answers_again(client: Client, tool: str, seconds: float = 20.0) -> Non
 
 async def assert_unaffected(gw: RunningGateway, *tools: str) -> None:
     """/healthz answers and names the healthy upstreams up; a call on each healthy upstream answers."""
-    response = httpx2.get(f"{gw.url}/healthz", timeout=5)
+    response = httpx2.get(f"{gw.url}/healthz", headers=SCRAPE_HEADERS, timeout=5)
     assert response.status_code == 200, response.text
     health = response.json()
     async with Client(gw.mcp, mode="legacy") as client:
@@ -418,7 +418,7 @@ async def test_idp_down_cached_jwks_keeps_working_introspection_gives_401(tmp_pa
             challenge = response.headers.get("www-authenticate", "")
             assert "introspection" in challenge and "error_description" in challenge, challenge
             assert token not in challenge and token not in response.text
-        assert httpx2.get(f"{gw.url}/healthz", timeout=5).json()["upstreams"]["demo"]["state"] == "up"
+        assert gw.health()["upstreams"]["demo"]["state"] == "up"
         for secret in (jwt_token, opaque_used, opaque_fresh, *secrets.values()):
             assert secret not in gw.log_text()
         assert gw.proc.poll() is None
@@ -490,7 +490,7 @@ async def test_redis_down(tmp_path: Path) -> None:
                     assert "Traceback" not in message, message
                 # a consumer with no budget is not held up by the missing storage
                 assert (await call_outcome(admin, "demo__echo", {"text": "admin"}))[1:] == ("admin", False)
-            health = httpx2.get(f"{gw.url}/healthz", timeout=5)
+            health = httpx2.get(f"{gw.url}/healthz", headers=SCRAPE_HEADERS, timeout=5)
             assert health.status_code == 200 and health.json()["upstreams"]["demo"]["state"] == "up"
         with redis_on(port, tmp_path):
             for gw in (closed, open_):

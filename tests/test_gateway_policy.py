@@ -125,7 +125,7 @@ async def test_metrics_and_audit_after_a_scripted_session(gw: RunningGateway) ->
     async with _client(gw.mcp, ADMIN_KEY) as client:
         await client.call_tool("tiny__echo", {"text": "hi"})
     await anyio.sleep(0.3)
-    metrics = httpx2.get(f"{gw.url}/metrics").text
+    metrics = gw.metrics()
     dev_calls = _sample(metrics, "mcp_hub_tool_calls_total", consumer="alice", group="developer", tool="tiny__add",
                         outcome="ok")
     assert dev_calls >= 3
@@ -183,7 +183,7 @@ async def test_budget_exhausted_then_resets(tmp_path: Path, storage: str) -> Non
             await anyio.sleep(data["reset_after_s"] + 0.3)
             async with _client(gw.mcp, DEV_KEY) as client:
                 assert not (await client.call_tool("tiny__big", {"n_bytes": 10})).is_error
-            metrics = httpx2.get(f"{gw.url}/metrics").text
+            metrics = gw.metrics()
             assert _sample(metrics, "mcp_hub_limit_rejections_total", group="developer") >= 1
 
 

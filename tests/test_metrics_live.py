@@ -19,7 +19,7 @@ from mcp_hub.metering.budgets import Budgets, BudgetSnapshot, LimitExceeded
 from mcp_hub.metering.observability import Metrics
 from tests.servers.launch import ServerProcess, http_server
 from tests.support.clients import sdk_session
-from tests.support.gateway import RunningGateway, python_server, run_gateway, wait_until
+from tests.support.gateway import SCRAPE_HEADERS, RunningGateway, python_server, run_gateway, wait_until
 from tests.support.processes import redis_server, stop
 
 DEMO = "tests.servers.demo_server"
@@ -28,7 +28,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(gw: RunningGateway) -> Samples:
-    response = httpx2.get(f"{gw.url}/metrics", timeout=5)
+    response = httpx2.get(f"{gw.url}/metrics", headers=SCRAPE_HEADERS, timeout=5)
     assert response.status_code == 200, response.text
     found: Samples = {}
     for family in text_string_to_metric_families(response.text):

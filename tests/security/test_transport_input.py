@@ -7,13 +7,15 @@ real upstream (a recording server, so that nothing refused can be seen to have r
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
 
 from tests import test_bad_input
-from tests.support.gateway import RunningGateway
+from tests.servers.launch import http_server
+from tests.support.gateway import RunningGateway, python_server, run_gateway
 from tests.support.rpc import answer_of
 from tests.test_bad_input import RawSession, strict_calls_seen_upstream
 
@@ -48,17 +50,34 @@ def _alive(gw: RunningGateway) -> None:
     assert httpx2.get(f"{gw.url}/healthz", timeout=10).status_code == 200
 
 
+@pytest.fixture(scope="module")
+def sdk_entry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The same stack with the direct entry off: every request is framed by the SDK's entry."""
+    tmp = tmp_path_factory.mktemp("sdk-entry")
+    record = tmp / "upstream-requests.jsonl"
+    with http_server("faulty_server", tmp, "--mode", "record", "--record", str(record)) as recorder:
+        config = {"listen": {"direct_calls": False}, "upstreams": {
+            "rec": {"transport": "streamable-http", "url": recorder.url},
+            "demo": python_server("tests.servers.demo_server", "--transport", "stdio"),
+        }}
+        with run_gateway(config, tmp, wait_healthy=True) as gw:
+            assert gw.health()["direct_calls"]["on"] is False
+            yield {"gw": gw, "record": record, "session": RawSession(gw.mcp)}
+
+
+@pytest.mark.parametrize("entry", ["direct entry", "SDK entry"])
 @pytest.mark.parametrize("what", sorted(NOT_STRICT))
-def test_json_no_strict_parser_takes_is_a_parse_error(stack: dict[str, Any], what: str) -> None:
-    raw: RawSession = stack["session"]
-    before = strict_calls_seen_upstream(stack["record"])
+def test_json_no_strict_parser_takes_is_a_parse_error(request: pytest.FixtureRequest, what: str, entry: str) -> None:
+    on = request.getfixturevalue("stack" if entry == "direct entry" else "sdk_entry")
+    raw: RawSession = on["session"]
+    before = strict_calls_seen_upstream(on["record"])
     response = raw.post(NOT_STRICT[what].encode())
     assert response.status_code == 400, (response.status_code, response.text[:300])
     error = response.json()["error"]
     assert error["code"] == -32700 and error["message"].startswith("Parse error"), error
     assert "Traceback" not in response.text
-    assert strict_calls_seen_upstream(stack["record"]) == before  # nothing reached the upstream
-    _alive(stack["gw"])
+    assert strict_calls_seen_upstream(on["record"]) == before  # nothing reached the upstream
+    _alive(on["gw"])
 
 
 def test_paired_surrogates_and_escaped_backslashes_are_fine(stack: dict[str, Any]) -> None:

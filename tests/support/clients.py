@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
+import httpx2
 import mcp_types as types
 from mcp import Client
 from mcp.client.sse import sse_client
@@ -222,3 +223,9 @@ async def sdk_session(
             read_timeout_seconds=read_timeout_seconds,
         )
         yield await stack.enter_async_context(client)
+
+
+def bearer_client(url: str, token: str, mode: str = "legacy") -> Client:
+    """An SDK client over Streamable HTTP that sends `Authorization: Bearer <token>` on every request."""
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    return Client(streamable_http_client(url, http_client=http), mode=mode)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -15,6 +17,32 @@ import yaml
 
 from tests.support.processes import running, wait_for_http
 from tests.support.tools import ROOT, free_port, node22_env
+
+# Every test gateway gets this scrape key (admin.scrape_keys), so tests read /healthz detail and /metrics
+# whatever auth the config sets; tests of the unauthenticated answers simply leave the header out.
+SCRAPE_KEY = "test-scrape-key-0123456789"
+SCRAPE_HEADERS = {"Authorization": f"Bearer {SCRAPE_KEY}"}
+_SCRAPE_ENTRY = {"name": "tests", "sha256": hashlib.sha256(SCRAPE_KEY.encode()).hexdigest()}
+
+
+def with_scrape_key(config: dict[str, Any] | str) -> str:
+    """The config as YAML text, with the tests' scrape key added."""
+    if isinstance(config, str):
+        # text is kept byte for byte (tests of duplicate keys, anchors, ${VAR}); a top-level admin: block
+        # of its own is left alone
+        if any(line.startswith("admin:") for line in config.splitlines()):
+            return config
+        entry = f"{{name: {_SCRAPE_ENTRY['name']}, sha256: {_SCRAPE_ENTRY['sha256']}}}"
+        return config.rstrip("\n") + f"\nadmin:\n  scrape_keys: [{entry}]\n"
+    data = copy.deepcopy(config)
+    admin = data.get("admin")
+    if admin is None:
+        admin = data["admin"] = {}
+    if isinstance(admin, dict):
+        keys = admin.setdefault("scrape_keys", [])
+        if isinstance(keys, list) and _SCRAPE_ENTRY not in keys:
+            keys.append(_SCRAPE_ENTRY)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 @dataclass
@@ -30,7 +58,13 @@ class RunningGateway:
         return f"{self.url}/mcp"
 
     def health(self) -> dict[str, Any]:
-        return httpx2.get(f"{self.url}/healthz", timeout=5).json()
+        """/healthz in detail (read with the scrape key every test gateway is given)."""
+        return httpx2.get(f"{self.url}/healthz", headers=SCRAPE_HEADERS, timeout=5).json()
+
+    def metrics(self) -> str:
+        response = httpx2.get(f"{self.url}/metrics", headers=SCRAPE_HEADERS, timeout=5)
+        response.raise_for_status()
+        return response.text
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -59,7 +93,7 @@ def run_gateway(
     """Write `config` to a file and run `mcp-hub serve` on a free port until the block ends."""
     port = port or free_port()
     config_path = tmp_path / f"{name}.yaml"
-    config_path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    config_path.write_text(with_scrape_key(config))
     log = tmp_path / f"{name}.log"
     cmd = [sys.executable, "-m", "mcp_hub.cli", "serve", "--config", str(config_path), "--port", str(port),
            *(args or [])]

@@ -51,6 +51,13 @@ class AdminConfig(_Model):
         default_factory=list,
         description="consumers the gateway's auth puts in one of these groups are admins too",
     )
+    scrape_keys: list[AdminKey] = Field(
+        default_factory=list,
+        description="keys (name and SHA-256 digest) that may read /metrics and the detail of /healthz, e.g. for "
+        "Prometheus' `authorization: {credentials: ...}`; admin keys may too. Once any credential is configured "
+        "(caller auth, admin keys or scrape keys), an unauthenticated /healthz answers liveness only "
+        "(`{\"status\": ...}`) and /metrics answers 401",
+    )
     allowed_base_urls: list[str] = Field(
         default_factory=list,
         description="URL prefixes a runtime OpenAPI registration may call; empty: registration is off. "

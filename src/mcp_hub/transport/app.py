@@ -16,13 +16,13 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_hub import sdk_internals
 from mcp_hub.admin.api import admin_routes
+from mcp_hub.admin.monitoring import monitoring_routes
 from mcp_hub.auth.identity import Consumer, anonymous
 from mcp_hub.auth.metadata import resource_for_path, resource_metadata_url, upstream_resource_routes
 from mcp_hub.config import GatewayConfig
@@ -30,6 +30,7 @@ from mcp_hub.core.hub import CONSUMER_SCOPE_KEY, Gateway
 from mcp_hub.core.reload import watch_config
 from mcp_hub.transport.direct import DirectCalls
 from mcp_hub.transport.replicas import SessionGate, shared_sessions
+from mcp_hub.transport.strict import StrictJson
 from mcp_hub.upstreams.base import UpstreamState
 
 LOOPBACK_NAMES = ("localhost",)
@@ -259,6 +260,8 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
         if direct_on:
             endpoint = DirectCalls(endpoint, gateway, route.path, manager, json_response=config.listen.json_response,
                                    max_body=config.listen.max_request_body, stats=gateway.direct_stats)
+        else:
+            endpoint = StrictJson(endpoint, config.listen.max_request_body)
         endpoint = SessionGate(endpoint, gateway, route.path, manager, replicas=replicas,
                                direct=endpoint if isinstance(endpoint, DirectCalls) else None)
         endpoint = protect(endpoint, route.path)
@@ -270,21 +273,12 @@ def build_app(gateway: Gateway, *, extra_routes: list[BaseRoute] | None = None) 
         routes.extend(_sse_routes(route.path, route.server, security, config.listen.max_request_body, protect))
     routes.extend(_auth_routes(gateway))
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse(gateway.health())
-
-    routes.append(Route("/healthz", healthz, methods=["GET"]))
     metrics = gateway.meter.metrics
     if metrics is not None:
         # Read at scrape time: upstreams and sessions come and go without anyone touching the gauges.
         metrics.watch_upstreams(lambda: {name: up.state == UpstreamState.UP for name, up in gateway.upstreams.items()})
         metrics.watch_sessions(functools.partial(open_sessions, managers, _sse_transports(routes)))
-
-        async def metrics_endpoint(request: Request) -> Response:
-            body, content_type = metrics.render()
-            return Response(body, media_type=content_type)
-
-        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    routes.extend(monitoring_routes(gateway, metrics.render if metrics is not None else None))
     routes.extend(admin_routes(gateway))
     routes.extend(extra_routes or [])
 
