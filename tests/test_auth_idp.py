@@ -158,7 +158,8 @@ def world(idp: Idp) -> Iterator[World]:  # noqa: F811 - pytest fixture injection
                 "cache_ttl_s": 0,
             },
             "api_keys": [{"consumer": "ci-bot", "groups": ["ci"], "sha256": digest}],
-            "static_groups": {"mcp-client": ["static-extra"]},
+            # both methods on: OAuth consumers are namespaced (auth.oauth_consumers maps them explicitly)
+            "static_groups": {"oauth:mcp-client": ["static-extra"]},
             "claim_to_header": {"client_id": "X-Client-Id", "groups": "X-Groups"},
             "leeway_s": 0,
         }
@@ -264,7 +265,7 @@ async def test_client_credentials_jwt_is_accepted(world: World) -> None:
     token = world.token()
     assert token.count(".") == 2  # a JWT: verified against the JWKS, not introspected
     me = await call(world, "whoami", bearer(token))
-    assert me["name"] == "mcp-client"
+    assert me["name"] == "oauth:mcp-client"
     assert me["groups"] == ["engineering", "static-extra"]
     assert me["method"] == "oauth"
     assert me["forwarded"] == {"X-Client-Id": "mcp-client", "X-Groups": "engineering"}
@@ -273,16 +274,16 @@ async def test_client_credentials_jwt_is_accepted(world: World) -> None:
 
 async def test_opaque_token_is_introspected(world: World) -> None:
     me = await call(world, "whoami", bearer(world.token("mcp-client-opaque")))
-    assert (me["name"], me["groups"]) == ("mcp-client-opaque", ["support"])
+    assert (me["name"], me["groups"]) == ("oauth:mcp-client-opaque", ["support"])
 
 
 async def test_authorization_code_with_pkce_and_refresh(world: World) -> None:
     tokens = world.idp.authorization_code(resource=world.mcp, account="alice")
     me = await call(world, "whoami", bearer(tokens["access_token"]))
-    assert (me["name"], me["groups"]) == ("alice", ["engineering", "admins"])
+    assert (me["name"], me["groups"]) == ("oauth:alice", ["engineering", "admins"])
     refreshed = world.idp.refresh(tokens["refresh_token"], resource=world.mcp)
     assert refreshed["access_token"] != tokens["access_token"]
-    assert (await call(world, "whoami", bearer(refreshed["access_token"])))["name"] == "alice"
+    assert (await call(world, "whoami", bearer(refreshed["access_token"])))["name"] == "oauth:alice"
 
 
 async def test_api_key_in_header_and_as_bearer(world: World) -> None:

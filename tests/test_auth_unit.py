@@ -129,6 +129,24 @@ def test_claims_become_a_consumer() -> None:
     assert by_email.name == "ann@example.test"
 
 
+def test_an_oauth_identity_never_merges_with_an_api_key_consumer_of_the_same_name() -> None:
+    """With both methods on, a token whose claim names an API-key consumer is `oauth:<claim>`: not that
+    consumer's static groups, limits or usage, unless `oauth_consumers` maps it there on purpose."""
+    _, digest = new_api_key()
+    both = {"mode": ["oauth", "api_key"], "api_keys": [{"consumer": "ci-bot", "groups": ["ci"], "sha256": digest}],
+            "static_groups": {"ci-bot": ["deployers"]}}
+    posing = consumer_from_access_token(token({"sub": "ci-bot", "groups": []}), oauth_config(**both))
+    assert posing == Consumer(name="oauth:ci-bot", groups=(), method="oauth")
+    mapped = consumer_from_access_token(token({"sub": "u-1"}), oauth_config(**both, oauth_consumers={"u-1": "ci-bot"}))
+    assert (mapped.name, mapped.groups) == ("ci-bot", ("deployers",))
+    # static groups for the namespaced name apply to it
+    named = consumer_from_access_token(token({"sub": "ann"}), oauth_config(**{**both, "static_groups": {
+        "oauth:ann": ["eng"]}}))
+    assert (named.name, named.groups) == ("oauth:ann", ("eng",))
+    # OAuth only: names are the claims, no namespace needed
+    assert consumer_from_access_token(token({"sub": "ci-bot"}), oauth_config()).name == "ci-bot"
+
+
 def test_groups_from_nested_namespaced_and_scope_claims() -> None:
     claims = {
         "sub": "u",

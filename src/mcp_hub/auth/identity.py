@@ -118,7 +118,7 @@ def consumer_from_access_token(token: AccessToken, config: AuthConfig) -> Consum
     claims = token.claims or {}
     raw_name = claim_value(claims, config.consumer_claim)
     name = str(raw_name) if isinstance(raw_name, (str, int)) and str(raw_name) else None
-    name = name or token.subject or token.client_id
+    name = oauth_consumer_name(name or token.subject or token.client_id, config)
     groups = groups_from_claim(claim_value(claims, config.groups_claim))
     return Consumer(
         name=name,
@@ -126,6 +126,20 @@ def consumer_from_access_token(token: AccessToken, config: AuthConfig) -> Consum
         forwarded_claims=forwarded_claims(claims, config.claim_to_header),
         method="oauth",
     )
+
+
+OAUTH_NAMESPACE = "oauth:"
+
+
+def oauth_consumer_name(claim: str, config: AuthConfig) -> str:
+    """An OAuth caller's consumer name: the explicit mapping, else the claim value, namespaced as
+    `oauth:<claim>` when API keys are enabled too (their consumers and a token's claim never merge by accident)."""
+    mapped = config.oauth_consumers.get(claim)
+    if mapped is not None:
+        return mapped
+    if "api_key" in config.methods:
+        return OAUTH_NAMESPACE + claim
+    return claim
 
 
 def consumer_from_api_key(consumer: str, groups: Sequence[str], config: AuthConfig) -> Consumer:

@@ -90,6 +90,14 @@ class AuthConfig(_Model):
     leeway_s: float = Field(default=30.0, ge=0)
     insecure_relaxed_audience: bool = False
     static_groups: dict[str, list[str]] = Field(default_factory=dict)
+    oauth_consumers: dict[str, str] = Field(
+        default_factory=dict,
+        description="OAuth identities (the `consumer_claim` value) mapped to a consumer name explicitly. With both "
+        "`oauth` and `api_key` enabled, an OAuth consumer not named here is `oauth:<claim value>`, so a token "
+        "can never pose as an API-key consumer of the same name (its groups, limits, budgets, usage); map a "
+        "claim value to an API key's consumer here to make them one consumer on purpose. With one method "
+        "only, names are the claim values, and entries here still rename.",
+    )
     claim_to_header: dict[str, str] = Field(default_factory=dict)
     allow_insecure_bind: bool = False
     # An unknown `kid` refetches the JWKS at most this often; cached keys are refreshed after max age.
