@@ -127,6 +127,11 @@ class ListenConfig(_Model):
         description="Open Streamable HTTP sessions one consumer may hold (across replicas with `sessions:`); one "
         "more is refused with HTTP 429. null: no limit.",
     )
+    max_pending_per_consumer: int = Field(
+        default=32, ge=1,
+        description="How many of one consumer's calls may wait for its input at once (2026-07-28 callers answering "
+        "an upstream's questions in rounds); one more is refused (JSON-RPC error -32029 naming this key).",
+    )
     on_collision: Literal["error", "warn"] = Field(
         default="error",
         description="Two upstreams offering one exposed name at start: refuse to start, or warn and keep "

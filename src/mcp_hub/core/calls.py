@@ -257,7 +257,8 @@ class ToolCalls:
 
         try:
             result, ask, _ = await self.relay.start(
-                record.tool, caller.consumer.name, caller.declares, run, self.gateway.spawn, wait, record)
+                record.tool, caller.consumer.name, caller.declares, run, self.gateway.spawn, wait, record,
+                per_consumer=self.gateway.config.listen.max_pending_per_consumer)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await self.meter.settle(record, CallOutcome.CANCELLED)  # the caller went away while it ran

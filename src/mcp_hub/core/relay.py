@@ -26,6 +26,7 @@ import anyio
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
+from mcp_hub.metering.record import LIMIT_EXCEEDED
 from mcp_hub.upstreams.base import DownstreamPeer
 
 STATE_PREFIX = "hub1."
@@ -185,11 +186,22 @@ class Relay:
         spawn: Callable[[Callable[[], Awaitable[None]]], None],
         wait: float,
         context: Any = None,
+        per_consumer: int | None = None,
     ) -> tuple[Any, types.InputRequiredResult | None, Any]:
-        """Run `run(peer)` in the background; return its result, or the first input requests."""
+        """Run `run(peer)` in the background; return its result, or the first input requests.
+
+        `per_consumer`: how many of one consumer's calls may wait for its input at once (one consumer must
+        not hold the whole table)."""
         self._sweep()
         if len(self.pending) >= self.max_pending:
             raise MCPError(code=types.INTERNAL_ERROR, message="too many calls are waiting for their callers' input")
+        if per_consumer is not None and sum(p.consumer == consumer for p in self.pending.values()) >= per_consumer:
+            raise MCPError(
+                code=LIMIT_EXCEEDED,
+                message=f"too many of this consumer's calls are waiting for its input ({per_consumer}, "
+                "listen.max_pending_per_consumer): answer or cancel them first",
+                data={"limit": "listen.max_pending_per_consumer", "max": per_consumer},
+            )
         pending = PendingCall(secrets.token_urlsafe(12), tool, consumer, capable)
         pending.deadline = time.monotonic() + self.ttl
         pending.context = context
