@@ -99,6 +99,9 @@ class CatalogView:
     upstream_of_uri_cache: dict[str, str] = field(default_factory=dict)
     # The upstreams this route exposes.
     upstream_names: frozenset[str] = frozenset()
+    # (kind, exposed name) -> the upstream's own tool or prompt object, so the next view can keep the
+    # exposed copy of an item that did not change (and what was derived from it, e.g. its wire form).
+    origins: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def tool(self, name: str) -> tuple[types.Tool, Source] | None:
         return self.tools.get(name)
@@ -206,19 +209,21 @@ def build_view(
     *,
     separator: str = "__",
     prefixes: Mapping[str, str] | None = None,
+    previous: CatalogView | None = None,
 ) -> CatalogView:
     """Merge (upstream name, prefix on this route, catalog) triples into one view.
 
     `prefixes` gives each upstream's own prefix (the one it has on `/mcp`), which makes the canonical
     names the ACL decides on; by default the route's prefix is it. Collisions are recorded with both
     sources named; the entry seen first (upstreams in config order) stays, so a running route never
-    changes meaning under its clients.
+    changes meaning under its clients. Items the `previous` view exposed from the same upstream object under
+    the same name and source are carried over as they were.
     """
     view = CatalogView(version=version, upstream_names=frozenset(name for name, _, _ in catalogs))
     for upstream, prefix, catalog in catalogs:
         own = (prefixes or {}).get(upstream, prefix)
-        _add_named(view, view.tools, "tool", catalog.tools, upstream, prefix, separator, own)
-        _add_named(view, view.prompts, "prompt", catalog.prompts, upstream, prefix, separator, own)
+        _add_named(view, view.tools, "tool", catalog.tools, upstream, prefix, separator, own, previous)
+        _add_named(view, view.prompts, "prompt", catalog.prompts, upstream, prefix, separator, own, previous)
         for template in catalog.resource_templates:
             try:
                 compiled: UriTemplate | None = UriTemplate.parse(template.uri_template)
@@ -257,6 +262,7 @@ def _add_named(
     prefix: str,
     separator: str,
     own_prefix: str,
+    previous: CatalogView | None = None,
 ) -> None:
     """Add an upstream's tools or prompts under their exposed names; a taken name is a collision."""
     for item in items:
@@ -268,7 +274,12 @@ def _add_named(
                 f"{kind} {name!r} is offered by {other.upstream}:{other.original} and {upstream}:{item.name}"
             )
             continue
-        index[name] = (_copy_named(item, name), Source(upstream, item.name, canonical))
+        source = Source(upstream, item.name, canonical)
+        kept = None
+        if previous is not None and previous.origins.get((kind, name)) is item:
+            kept = (previous.tools if kind == "tool" else previous.prompts).get(name)
+        index[name] = kept if kept is not None and kept[1] == source else (_copy_named(item, name), source)
+        view.origins[(kind, name)] = item
 
 
 def names(items: Iterable[Any]) -> list[str]:

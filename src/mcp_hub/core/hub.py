@@ -103,8 +103,10 @@ class Gateway:
         self._upstream_factory = upstream_factory or build_upstreams
         self.upstreams: dict[str, Upstream] = self._upstream_factory(config)
         self._scopes: dict[str, anyio.CancelScope] = {}
-        # Serialized listings per (view, method, group set, protocol version): see transport/sdk_server.py.
-        self.wire_cache: dict[tuple[Any, ...], dict[str, Any]] = {}
+        # Serialized listings per (view, method, group set, protocol version): transport/listings.py sets it.
+        self.wire_cache: Any = None
+        # Called after every rebuild (the serialized listings prepare the new views' items).
+        self.on_rebuild: list[Callable[[], None]] = []
         self._version = 0
         self.routes: dict[str, Route] = {}
         self.collisions: list[str] = []
@@ -260,7 +262,7 @@ class Gateway:
             ]
             old = route.view
             route.view = build_view(self._version, triples, separator=self.config.listen.separator,
-                                    prefixes={name: self.prefix_of(name) for name, _, _ in triples})
+                                    prefixes={name: self.prefix_of(name) for name, _, _ in triples}, previous=old)
             collisions += [f"{route.path}: {c}" for c in route.view.collisions]
             if notify:
                 self._notify_changes(route, old, route.view)
@@ -268,6 +270,8 @@ class Gateway:
             if line not in self.collisions:
                 logger.warning("name collision: %s", line)
         self.collisions = collisions
+        for listener in self.on_rebuild:
+            listener()
 
     def _on_upstream_change(self, upstream: Upstream) -> None:
         # Coalesce bursts (several upstreams reconnecting at once) into one rebuild.

@@ -1,4 +1,4 @@
-"""The direct HTTP entry for `tools/call`: the framing of the hot path, without the SDK's server session.
+"""The direct HTTP entry for `tools/call` and listings: the framing of the hot paths, without the SDK's server session.
 
 The SDK's Streamable HTTP transport and server session cost a relayed call more CPU than the
 gateway's own work. This ASGI wrapper of a route's endpoint reads a `tools/call` POST itself,
@@ -13,7 +13,8 @@ callers, and 2026-07-28 callers (their envelope and headers checked as the SDK's
 them). Progress and log messages stream back on the call's response; an upstream's questions are
 put to a handshake-era caller as requests on that stream, whose answers (POSTed back on the
 session) this wrapper takes; `notifications/cancelled` (and a 2026-07-28 caller's closed request)
-cancel the call. `listen.direct_calls: false` turns this entry off; so does an SDK whose internals
+cancel the call. Listings (tools/list, prompts/list, resources/list) are written from their serialized
+form (transport/listings.py). `listen.direct_calls: false` turns this entry off; so does an SDK whose internals
 it needs have changed (`sdk_internals.py`).
 """
 
@@ -43,12 +44,14 @@ from mcp.shared.inbound import (
 )
 from mcp_types import LOG_LEVEL_META_KEY, SERVER_INFO_META_KEY
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic_core import to_json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_hub import sdk_internals
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.core.calls import LOG_LEVELS, CallAnswer, Caller, ToolRequest, traceparent_of
 from mcp_hub.core.hub import ACCESS_TOKEN_SCOPE_KEY, CONSUMER_SCOPE_KEY, DirectStats
+from mcp_hub.transport.listings import LISTINGS, Listings
 from mcp_hub.upstreams.base import DownstreamPeer
 
 if TYPE_CHECKING:
@@ -123,6 +126,11 @@ class _Reply:
             self.sse = True
             await self._start(True)
         await self.send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+
+    async def finish_raw(self, body: bytes) -> None:
+        """A JSON answer already serialized (a listing)."""
+        await self._start(False, 200, len(body))
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def finish(self, message: dict[str, Any] | None) -> None:
         if self.sse:
@@ -201,6 +209,8 @@ class DirectCalls:
             session_id = _header(scope, b"mcp-session-id")
             if session_id is not None:
                 self.sessions.pop(session_id, None)
+                if isinstance(self.gateway.wire_cache, Listings):
+                    self.gateway.wire_cache.sessions.pop((self.path, session_id), None)
         if method != "POST" or self._instances is None:
             await self.app(scope, receive, send)
             return
@@ -224,6 +234,8 @@ class DirectCalls:
                 if await self._call(message, None, scope, receive, send):
                     return
                 self.stats.handed_over += 1
+            if kind in LISTINGS and "id" in message and await self._listing(message, None, scope, send):
+                return
         elif kind is None and "id" in message:
             waiter = self.waiting.get((session_id, _hashable(message.get("id"))))
             if waiter is not None and self._live_session(session_id, scope) is not None:
@@ -237,6 +249,9 @@ class DirectCalls:
             if await self._call(message, session_id, scope, receive, send):
                 return
             self.stats.handed_over += 1
+        elif kind in LISTINGS and "id" in message:
+            if await self._listing(message, session_id, scope, send):
+                return
         else:
             self._observe(session_id, kind, message, scope)
         await self.app(scope, replay, send)
@@ -305,6 +320,8 @@ class DirectCalls:
         if len(self.sessions) > 2 * len(self._instances or ()) + 64:
             live = self._instances or {}
             self.sessions = {k: v for k, v in self.sessions.items() if k in live or k == session_id}
+            if isinstance(self.gateway.wire_cache, Listings):
+                self.gateway.wire_cache.forget_sessions(self.path, self.sessions)
 
     def _observe(self, session_id: str, kind: Any, message: dict[str, Any], scope: Scope) -> None:
         """Requests the SDK serves that the direct path must know of: log level, cancellation (from the
@@ -334,6 +351,69 @@ class DirectCalls:
         if requestor != self._owners.get(session_id):
             return None  # the SDK answers it as an unknown session
         return session, transport
+
+    # -- a listing -------------------------------------------------------------------------------
+
+    async def _listing(self, message: dict[str, Any], session_id: str | None, scope: Scope, send: Send) -> bool:
+        """Answer tools/list, prompts/list or resources/list with its serialized form (transport/listings.py);
+        False (having done nothing) when the SDK's entry should answer.
+
+        A handshake-era session is answered once the SDK's entry has seen it initialized (which noted its
+        protocol version, and made it hear of list changes); a 2026-07-28 request once its envelope passes
+        the checks of the SDK's entry. Anything else (a stateless route's handshake-era request, a session
+        the SDK has not seen, a failure while listing) goes to the SDK's entry."""
+        params = message.get("params")
+        request_id = message.get("id")
+        listings = self.gateway.wire_cache
+        route = self.gateway.routes.get(self.path)
+        consumer = scope.get(CONSUMER_SCOPE_KEY)
+        if (
+            message.get("jsonrpc") != "2.0" or type(request_id) not in (str, int)
+            or (params is not None and not isinstance(params, dict))
+            or not isinstance(listings, Listings) or route is None or route.server is None
+            or not isinstance(consumer, Consumer) or not _acceptable(scope, self.json_response)
+        ):
+            return False
+        header = _header(scope, b"mcp-protocol-version")
+        transport: Any = None
+        session = _Session({})
+        if header is not None and header not in HANDSHAKE_PROTOCOL_VERSIONS:
+            pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
+            if find_duplicated_routing_header(pairs) is not None:
+                return False
+            verdict = classify_inbound_request(message, headers=dict(pairs))
+            if not isinstance(verdict, InboundModernRoute):
+                return False
+            version, modern, session_id = verdict.protocol_version, True, None
+            session = _Session(verdict.client_capabilities if isinstance(verdict.client_capabilities, dict) else {},
+                               verdict.client_info if isinstance(verdict.client_info, dict) else None)
+        elif session_id is not None:
+            live = self._live_session(session_id, scope)
+            noted = listings.sessions.get((self.path, session_id))
+            if live is None or noted is None:
+                return False
+            version, modern, (session, transport) = noted, False, live
+        else:
+            return False
+        caller = Caller(
+            consumer=consumer, modern=modern, peer=None, declares=session.declares,
+            access_token=scope.get(ACCESS_TOKEN_SCOPE_KEY),
+            request_headers={k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", ())},
+            capabilities=session.capabilities, client_info=session.client_info,
+        )
+        meta = params.get("_meta") if isinstance(params, dict) and isinstance(params.get("_meta"), dict) else {}
+        with self.gateway.tracing.request(
+            message["method"], traceparent_of(meta.get("traceparent"), _header(scope, b"traceparent")),
+            consumer=consumer, route=self.path, request_id=request_id, protocol_version=version,
+        ), sdk_internals.session_busy(transport):
+            try:
+                wire = await listings.answer(route, caller, message["method"], version, route.server)
+            except Exception:  # noqa: BLE001 - the SDK's entry answers it, with the error it gives
+                logger.debug("listing left to the SDK entry", exc_info=True)
+                return False
+            body = b'{"jsonrpc":"2.0","id":' + to_json(request_id) + b',"result":' + wire + b"}"
+            await _Reply(send, session_id, False, modern=modern).finish_raw(body)
+        return True
 
     # -- a call ----------------------------------------------------------------------------------
 
