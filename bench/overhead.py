@@ -25,7 +25,12 @@ All are measured in one interleaved run (direct, mcp-hub, mcp-hub/sdk, direct, .
 compare like with like on a shared 2-core machine. Prints a table and the ratios against direct.
 
     .venv/bin/python bench/overhead.py [--seconds 5] [--rounds 2] [--payload 100] [--mode legacy|auto]
-        [--upstream-protocol auto|legacy] [--upstream-answers json|sse] [--policy] [--baseline CHECKOUT]
+        [--upstream-protocol auto|legacy] [--upstream-answers json|sse] [--policy | --tracing]
+        [--baseline CHECKOUT]
+With `--tracing`, the targets are direct, mcp-hub (tracing off) and mcp-hub/tracing (every request traced,
+exported over OTLP/HTTP by the batch processor to a local receiver, bench/otlp_sink.py, which counts the
+spans); it prints the cost of tracing on per call (gateway CPU ms/call and the throughput ratio on/off) and,
+with `--baseline`, tracing off against the other checkout.
 """
 
 from __future__ import annotations
@@ -80,9 +85,16 @@ def main() -> None:
                         help="measure direct, mcp-hub without policy and mcp-hub/policy: API key auth, an ACL, two "
                         "token budgets, a rate limit and costs, counted in a Redis the bench starts; with "
                         "--baseline, the other checkout runs that policy too (baseline/policy)")
+    parser.add_argument("--tracing", action="store_true",
+                        help="measure direct, mcp-hub with tracing off and mcp-hub/tracing: the same gateway tracing "
+                        "every request (always sampled), exported over OTLP/HTTP by the batch processor to a local "
+                        "receiver (bench/otlp_sink.py); with --baseline, the other checkout as `baseline` (off)")
     args = parser.parse_args()
     if args.policy:
         policy_main(args)
+        return
+    if args.tracing:
+        tracing_main(args)
         return
     payload = "x" * args.payload
     tmp = Path(tempfile.mkdtemp(prefix="mcp-hub-bench-"))
@@ -352,6 +364,86 @@ def policy_main(args: argparse.Namespace) -> None:
             print(f"{name}: Redis per call, {calls} calls: EVALSHA+EVAL {scripts / calls:.2f}, all commands "
                   f"(with those scripts ran) {total / calls:.2f}; commands sent per call (MONITOR, 50 sequential "
                   f"calls) {trips:.2f}; redis-server cpu {redis_cpu[name] * 1000 / calls:.3f} ms/call")
+
+
+# -- --tracing ---------------------------------------------------------------------------------------
+
+
+def tracing_main(args: argparse.Namespace) -> None:
+    """Tracing off vs on vs direct (and a `--baseline` checkout, off), in one interleaved run."""
+    payload = "x" * args.payload
+    tmp = Path(tempfile.mkdtemp(prefix="mcp-hub-bench-"))
+    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
+    env = {k: v for k, v in env.items() if not k.startswith("OTEL_")}  # only the config turns tracing on
+    up_port, sink_port = free_port(), free_port()
+    with contextlib.ExitStack() as stack:
+        upstream = subprocess.Popen(
+            [sys.executable, "-m", "tests.servers.demo_server", "--transport", "streamable-http", "--port",
+             str(up_port), *(["--json-response"] if args.upstream_answers == "json" else [])],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        stack.callback(stop, upstream)
+        sink = subprocess.Popen([sys.executable, str(ROOT / "bench" / "otlp_sink.py"), str(sink_port)], cwd=ROOT,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        stack.callback(stop, sink)
+        config = {"upstreams": {"up": {"transport": "streamable-http", "url": f"http://127.0.0.1:{up_port}/mcp",
+                                       "protocol": args.upstream_protocol}}}
+        traced = {**config, "tracing": {"enabled": True, "endpoint": f"http://127.0.0.1:{sink_port}",
+                                        "sample_ratio": 1.0}}
+        runs: dict[str, tuple[dict[str, Any], dict[str, str]]] = {"mcp-hub": (config, env),
+                                                                  "mcp-hub/tracing": (traced, env)}
+        if args.baseline is not None:
+            runs["baseline"] = (config, dict(env, PYTHONPATH=f"{args.baseline.resolve() / 'src'}:{ROOT}"))
+        ports = {name: free_port() for name in runs}
+        gateways = {}
+        for name, (cfg, run_env) in runs.items():
+            file = tmp / f"{name.replace('/', '-')}.yaml"
+            file.write_text(yaml.safe_dump(cfg))
+            gateways[name] = subprocess.Popen(
+                [sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(file), "--port", str(ports[name])],
+                cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL,
+                stderr=open(tmp / f"{name.replace('/', '-')}.log", "wb"), start_new_session=True,
+            )
+            stack.callback(stop, gateways[name])
+        wait_for_port(up_port, proc=upstream)
+        wait_for_port(sink_port, proc=sink)
+        for name, gateway in gateways.items():
+            wait_gateway_ready(ports[name], gateway, timeout=60)
+        targets = {"direct": (f"http://127.0.0.1:{up_port}/mcp", "echo", upstream.pid)}
+        targets.update({name: (f"http://127.0.0.1:{ports[name]}/mcp", "up__echo", gateways[name].pid) for name in runs})
+        results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload, args.mode),
+                          args.rounds, args.concurrency)
+        stop(gateways["mcp-hub/tracing"])  # its last batch is exported on the way out
+        spans = httpx2.get(f"http://127.0.0.1:{sink_port}/count", timeout=5).json()
+
+        print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
+              f"{args.upstream_protocol}, upstream answers {args.upstream_answers}, {args.rounds} interleaved rounds "
+              f"of {args.seconds:g}s, load {os.getloadavg()[0]:.2f}")
+        print("mcp-hub/tracing: every request traced (sample ratio 1), OTLP/HTTP batch export to a local receiver")
+        print(f"{'target':<17}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}"
+              f"{'RSS MB':>9}")
+        summary: dict[tuple[str, int], dict[str, float]] = {}
+        order = list(targets)
+        for (name, c), rounds in sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
+            agg = aggregate(rounds)
+            summary[(name, c)] = agg
+            print(f"{name:<17}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
+                  f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")
+        print()
+        for c in args.concurrency:
+            d, off, on = summary[("direct", c)], summary[("mcp-hub", c)], summary[("mcp-hub/tracing", c)]
+            line = (f"C={c}: throughput mcp-hub/direct = {off['rate'] / d['rate']:.2f}, mcp-hub/tracing/direct = "
+                    f"{on['rate'] / d['rate']:.2f}; tracing on/off: throughput {on['rate'] / off['rate']:.2f}, "
+                    f"cpu +{on['cpu'] - off['cpu']:.3f} ms/call ({on['cpu']:.2f} vs {off['cpu']:.2f}), "
+                    f"p50 +{on['p50'] - off['p50']:.2f} ms")
+            if ("baseline", c) in summary:
+                base = summary[("baseline", c)]
+                line += (f"; tracing off vs baseline: throughput {off['rate'] / base['rate']:.2f}, "
+                         f"cpu {off['cpu'] - base['cpu']:+.3f} ms/call")
+            print(line)
+        calls = sum(r["calls"] for (n, _), rounds in results.items() if n == "mcp-hub/tracing" for r in rounds)
+        print(f"receiver: {spans['spans']} spans in {spans['exports']} exports for {calls} traced calls "
+              f"({spans['spans'] / max(calls, 1):.2f} spans/call)")
 
 
 def _direct_counts(port: int) -> str:
