@@ -318,7 +318,9 @@ def hub_config() -> dict[str, Any]:
 
 
 def tool_rows(stdout: str) -> list[str]:
-    return [line.split()[0] for line in stdout.splitlines()[2:] if line.strip() and not line.startswith("/")]
+    """The tool names of `mcp-hub tools` output (not the header, the total line or a route's title line)."""
+    return [line.split()[0] for line in stdout.splitlines()[2:]
+            if line.strip() and not line.startswith("/") and not line.startswith("total:")]
 
 
 def test_tools_and_explain_pick_up_hub_yaml_and_say_when_they_show_the_demo(tmp_path: Path) -> None:
