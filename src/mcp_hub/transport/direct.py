@@ -77,6 +77,11 @@ class _Session:
     client_info: dict[str, Any] | None = None
     log_level: str = "debug"
     calls: dict[Any, anyio.CancelScope] = field(default_factory=dict)
+    # The protocol version the initialize answer gave (None: not read; the SDK entry's note is used).
+    protocol_version: str | None = None
+    # The client sent notifications/initialized (on its way to the SDK, which then makes the session hear
+    # of list changes).
+    initialized: bool = False
 
     def declares(self, method: str) -> bool:
         """Whether the caller declared the capability that a request `method` to it needs."""
@@ -263,12 +268,22 @@ class DirectCalls:
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         capabilities, client_info = params.get("capabilities"), params.get("clientInfo")
 
+        opened: list[str] = []
+        body: list[bytes] = []
+
         async def watch(event: Message) -> None:
             # noted before the answer leaves: the client may use the session the moment it reads it
             if event["type"] == "http.response.start" and event.get("status") == 200:
                 for key, value in event.get("headers", ()):
                     if key == b"mcp-session-id":
-                        self._note_session(value.decode("latin-1"), capabilities, client_info)
+                        opened.append(value.decode("latin-1"))
+                        self._note_session(opened[0], capabilities, client_info)
+            elif event["type"] == "http.response.body" and opened:
+                body.append(event.get("body", b""))
+                if not event.get("more_body", False):
+                    session = self.sessions.get(opened[0])
+                    if session is not None:
+                        session.protocol_version = _negotiated(b"".join(body), message.get("id"))
             await send(event)
 
         await self.app(scope, receive, watch)
@@ -326,12 +341,14 @@ class DirectCalls:
     def _observe(self, session_id: str, kind: Any, message: dict[str, Any], scope: Scope) -> None:
         """Requests the SDK serves that the direct path must know of: log level, cancellation (from the
         credential that opened the session only, as the SDK takes them)."""
-        if kind not in ("logging/setLevel", "notifications/cancelled"):
+        if kind not in ("logging/setLevel", "notifications/cancelled", "notifications/initialized"):
             return
         live = self._live_session(session_id, scope)
         if live is None:
             return
         session = live[0]
+        if kind == "notifications/initialized":
+            session.initialized = True
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         level = params.get("level")
         if kind == "logging/setLevel" and isinstance(level, str) and level in LOG_LEVELS:
@@ -358,10 +375,11 @@ class DirectCalls:
         """Answer tools/list, prompts/list or resources/list with its serialized form (transport/listings.py);
         False (having done nothing) when the SDK's entry should answer.
 
-        A handshake-era session is answered once the SDK's entry has seen it initialized (which noted its
-        protocol version, and made it hear of list changes); a 2026-07-28 request once its envelope passes
-        the checks of the SDK's entry. Anything else (a stateless route's handshake-era request, a session
-        the SDK has not seen, a failure while listing) goes to the SDK's entry."""
+        A handshake-era session is answered once its client sent notifications/initialized (on its way to
+        the SDK's entry, which makes the session hear of list changes), at the version its initialize
+        answer gave, or once the SDK's entry has noted it (an adopted session); a 2026-07-28 request once its
+        envelope passes the checks of the SDK's entry. Anything else (a stateless route's handshake-era
+        request, a session not initialized, a failure while listing) goes to the SDK's entry."""
         params = message.get("params")
         request_id = message.get("id")
         listings = self.gateway.wire_cache
@@ -389,10 +407,15 @@ class DirectCalls:
                                verdict.client_info if isinstance(verdict.client_info, dict) else None)
         elif session_id is not None:
             live = self._live_session(session_id, scope)
-            noted = listings.sessions.get((self.path, session_id))
-            if live is None or noted is None:
+            if live is None:
                 return False
-            version, modern, (session, transport) = noted, False, live
+            session, transport = live
+            noted = listings.sessions.get((self.path, session_id))
+            if noted is None and session.initialized:
+                noted = session.protocol_version
+            if noted is None:
+                return False
+            version, modern = noted, False
         else:
             return False
         caller = Caller(
@@ -596,6 +619,20 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
 def _error(request_id: Any, exc: MCPError) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": exc.error.model_dump(by_alias=True, mode="json",
                                                                             exclude_none=True)}
+
+
+def _negotiated(body: bytes, request_id: Any) -> str | None:
+    """The protocol version an initialize answer (JSON, or one SSE event) gives; None when it gives none."""
+    for chunk in [body, *(line[5:] for line in re.split(rb"\r\n|\r|\n", body) if line.startswith(b"data:"))]:
+        try:
+            message = json.loads(chunk)
+        except ValueError:
+            continue
+        result = message.get("result") if isinstance(message, dict) and message.get("id") == request_id else None
+        version = result.get("protocolVersion") if isinstance(result, dict) else None
+        if isinstance(version, str) and version in HANDSHAKE_PROTOCOL_VERSIONS:
+            return version
+    return None
 
 
 def _frame(message: dict[str, Any]) -> bytes:
