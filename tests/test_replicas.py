@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,10 +28,11 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_hub.auth.keys import new_api_key
 from tests.support.clients import claude_mcp_list
+from tests.support.conformance import NEXT_TOOL, run_conformance
 from tests.support.gateway import RunningGateway, python_server, run_gateway
 from tests.support.haproxy import RunningHAProxy, run_haproxy, sessions_in_log
-from tests.support.processes import redis_server, running, wait_for_http
-from tests.support.tools import ROOT, free_port
+from tests.support.processes import redis_server, running, wait_for_http, wait_for_port
+from tests.support.tools import ROOT, free_port, node22, npm_tool
 
 pytestmark = pytest.mark.slow
 
@@ -216,6 +218,46 @@ async def test_sessions_per_consumer_are_capped_across_replicas(cluster: Cluster
                                                  "mcp-protocol-version": "2025-11-25"},
                            json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, timeout=10)
         assert gone.status_code == 404
+
+
+@pytest.fixture(scope="module")
+def open_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three replicas without auth (the suite sends no credentials) whose route /mcp/ref exposes the reference
+    server unprefixed, behind HAProxy, sharing sessions on one Redis."""
+    npm_tool(NEXT_TOOL)
+    node22()
+    tmp = tmp_path_factory.mktemp("open-replicas")
+    port = free_port()
+    args = [__import__("sys").executable, "-m", "tests.servers.reference_server", "--port", str(port)]
+    with running(args, cwd=ROOT, log=tmp / "reference-server.log") as proc, redis_server(tmp) as redis_url, \
+            contextlib.ExitStack() as stack:
+        wait_for_port(port, proc=proc)
+        config = {
+            "sessions": redis_url,
+            "upstreams": {"ref": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp"}},
+            "servers": [{"path": "/mcp/ref", "upstreams": ["ref"], "prefix": False}],
+        }
+        replicas = [stack.enter_context(run_gateway(config, tmp, wait_healthy=True, name=f"open{i}"))
+                    for i in range(3)]
+        lb = stack.enter_context(run_haproxy([(f"r{i}", gw.port) for i, gw in enumerate(replicas)], tmp))
+        yield Cluster(replicas, lb, redis_url)
+
+
+def test_conformance_through_haproxy_scores_as_one_gateway(open_cluster: Cluster, tmp_path: Path) -> None:
+    """`conformance server --requirements 2025-11-25` (stateful sessions): the same scenarios pass through
+    HAProxy and three replicas as through one of those replicas alone."""
+    common: dict[str, Any] = {"expected_failures": [], "requirements": "2025-11-25", "tool": NEXT_TOOL,
+                              "timeout": 900.0, "scenario_timeout_ms": 20_000}
+    one = run_conformance(f"{open_cluster.replicas[0].url}/mcp/ref", tmp_path / "one", **common)
+    spread = run_conformance(f"{open_cluster.lb.url}/mcp/ref", tmp_path / "haproxy", **common)
+    print(f"\n[2025-11-25] one gateway: {len(one.passing)}/{len(one.scenarios)}; "
+          f"through HAProxy: {len(spread.passing)}/{len(spread.scenarios)}")
+    assert one.scenarios and one.passing, one.output[-3000:]
+    lost = sorted(one.passing - spread.passing)
+    assert not lost, spread.failure_report(lost)
+    assert spread.passing == one.passing
+    adopted = sum(gw.log_text().count("adopted on replica") for gw in open_cluster.replicas)
+    assert adopted > 0  # the suite's sessions were served by more than the replica that opened them
 
 
 async def test_claude_code_connects_through_haproxy(cluster: Cluster) -> None:

@@ -270,6 +270,27 @@ class ReplicaStats:
     redis_errors: int = 0
 
 
+class _Acks:
+    """Confirmations that other replicas ended their copy of a session: done once `expected` have come."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.expected: int | None = None
+        self.done = anyio.Event()
+
+    def expect(self, n: int) -> None:
+        self.expected = max(n, 0)
+        self._check()
+
+    def add(self) -> None:
+        self.count += 1
+        self._check()
+
+    def _check(self) -> None:
+        if self.expected is not None and self.count >= self.expected:
+            self.done.set()
+
+
 class Replicas:
     """This replica's part in shared sessions: the Redis client, the subscription, the route entries."""
 
@@ -287,6 +308,7 @@ class Replicas:
         self._subscriber = _Subscriber(config.url, [self.channel_all, self.channel_mine], config.timeout)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._keyed = False
+        self._acks: dict[str, _Acks] = {}  # sessions this replica is ending: the other replicas' confirmations
 
     @property
     def connected(self) -> bool:
@@ -348,6 +370,29 @@ class Replicas:
             logger.warning("shared sessions: could not publish %s (%s)", message.get("t"), type(exc).__name__)
             return False
 
+    async def close_everywhere(self, path: str, sid: str) -> None:
+        """Tell every replica to end its copy of session `sid` and wait until each says it has (at most
+        `sessions.timeout`): a request with the id that lands anywhere afterwards is refused."""
+        acks = _Acks()
+        self._acks[sid] = acks
+        try:
+            message = json.dumps({"t": "close", "path": path, "sid": sid, "from": self.id})
+            receivers = await self.redis.call("PUBLISH", self.channel_all, message)
+            acks.expect(int(receivers) - 1 if isinstance(receivers, int) else 0)  # every subscriber but this one
+            with anyio.move_on_after(self.config.timeout):
+                await acks.done.wait()
+        except _REDIS_ERRORS as exc:
+            self.stats.redis_errors += 1
+            logger.warning("shared sessions: could not announce the end of a session (%s)", type(exc).__name__)
+        finally:
+            self._acks.pop(sid, None)
+
+    async def _close_and_ack(self, entry: SessionGate | None, sid: str, to: Any) -> None:
+        if entry is not None:
+            await entry.close_local(sid)
+        if isinstance(to, str):
+            await self.publish(self.key("r", to), {"t": "closed", "sid": sid})
+
     async def announce(self, what: str) -> None:
         """A registration or reload here: every other replica applies it too (`reload`, `registry`)."""
         await self.publish(self.channel_all, {"t": what})
@@ -365,13 +410,21 @@ class Replicas:
             return
         entry = self.entries.get(str(message.get("path")))
         sid = message.get("sid")
-        if entry is None or not isinstance(sid, str):
+        if not isinstance(sid, str):
+            return
+        if kind == "closed":
+            acks = self._acks.get(sid)
+            if acks is not None:
+                acks.add()
+            return
+        if kind == "close":  # acknowledged whether this replica held a copy or not
+            self._spawn(self._close_and_ack(entry, sid, message.get("from")))
+            return
+        if entry is None:
             return
         self.stats.received += 1
         if kind == "deliver" and isinstance(message.get("msg"), dict):
             self._spawn(entry.deliver(sid, message["msg"], message.get("host")))
-        elif kind == "close":
-            self._spawn(entry.close_local(sid))
 
     async def _apply(self, kind: str) -> None:
         try:
@@ -509,14 +562,25 @@ class SessionGate:
                 return
             await self.app(scope, _replaying(events, receive), send)
             return
-        await self.app(scope, receive, send)
-        if method == "DELETE":
-            transport = self._table.get(sid)
-            if transport is None or getattr(transport, "is_terminated", False):
-                known = self.known.pop(sid, None)
-                if known is not None:
-                    await replicas.forget(sid, known.consumer)
-                    await replicas.publish(replicas.channel_all, {"t": "close", "path": self.path, "sid": sid})
+        if method != "DELETE":
+            await self.app(scope, receive, send)
+            return
+        # The answer to a DELETE leaves only once every replica has ended its copy of the session, so the
+        # client's next request with that id is refused (404) wherever the balancer sends it.
+        held: list[Message] = []
+
+        async def hold(message: Message) -> None:
+            held.append(message)
+
+        await self.app(scope, receive, hold)
+        transport = self._table.get(sid)
+        if transport is None or getattr(transport, "is_terminated", False):
+            known = self.known.pop(sid, None)
+            if known is not None:
+                await replicas.forget(sid, known.consumer)
+                await replicas.close_everywhere(self.path, sid)
+        for message in held:
+            await send(message)
 
     # -- opening a session ------------------------------------------------------------------------
 
