@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_hub.auth.authserver import same_url
 from mcp_hub.auth.errors import AuthError, InvalidToken
 from mcp_hub.auth.identity import Consumer, anonymous_consumer, consumer_from_access_token
-from mcp_hub.auth.verifier import ApiKeyAccessToken, ApiKeyVerifier, CheckingVerifier
+from mcp_hub.auth.verifier import ApiKeyAccessToken, ApiKeyVerifier
 from mcp_hub.config.auth import AuthConfig
 
 log = structlog.get_logger(__name__)
@@ -107,12 +107,18 @@ class AuthGate:
         self.resource = resource or config.resource
         self.required_scopes = list(config.required_scopes if required_scopes is None else required_scopes)
         self.api_keys = ApiKeyVerifier(config.api_keys) if "api_key" in config.methods else None
+        self._enabled = config.enabled
+        # Without OAuth, nothing but a key gets in.
+        self._keys_only = self.api_keys is not None and "oauth" not in config.methods
+        # What the scope gets for an API key's token (the same token object for every request with the key):
+        # built once per key, not per request.
+        self._callers: dict[int, tuple[AccessToken, Consumer, AuthenticatedUser, AuthCredentials]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        if not self.config.enabled:
+        if not self._enabled:
             scope[CONSUMER_KEY] = anonymous_consumer(self.config)
             await self.app(scope, receive, send)
             return
@@ -134,22 +140,35 @@ class AuthGate:
             await self._refuse(scope, send, refusal)
             return
 
-        consumer = consumer_from_access_token(token, self.config)
-        user = AuthenticatedUser(token)
+        consumer, user, credentials = self._caller(token)
         scope[CONSUMER_KEY] = consumer
         scope[ACCESS_TOKEN_KEY] = token
         scope["user"] = user
-        scope["auth"] = AuthCredentials(token.scopes)
+        scope["auth"] = credentials
         reset = auth_context_var.set(user)  # what the SDK's get_access_token() reads
         try:
             await self.app(scope, receive, send)
         finally:
             auth_context_var.reset(reset)
 
+    def _caller(self, token: AccessToken) -> tuple[Consumer, AuthenticatedUser, AuthCredentials]:
+        """The consumer, SDK user and credentials of a verified token; kept for API keys' tokens."""
+        cached = self._callers.get(id(token))
+        if cached is not None and cached[0] is token:
+            return cached[1], cached[2], cached[3]
+        consumer = consumer_from_access_token(token, self.config)
+        user = AuthenticatedUser(token)
+        credentials = AuthCredentials(token.scopes)
+        if isinstance(token, ApiKeyAccessToken):  # kept by the key verifier: one per configured key
+            if len(self._callers) >= 4 * len(self.config.api_keys) + 16:  # cannot happen; bounded all the same
+                self._callers.clear()
+            self._callers[id(token)] = (token, consumer, user, credentials)
+        return consumer, user, credentials
+
     async def _authenticate(self, headers: Headers) -> AccessToken:
         # Without OAuth, nothing but a key gets in: every refusal says so and how to send one (a
         # client must not be left guessing, or sent looking for an authorization server).
-        keys_only = self.api_keys is not None and "oauth" not in self.config.methods
+        keys_only = self._keys_only
         api_key = headers.get(API_KEY_HEADER)
         if api_key is not None and self.api_keys is not None:
             return await self._verify(self.api_keys, api_key.strip())
@@ -165,8 +184,10 @@ class AuthGate:
                                           f"{API_KEY_HOWTO}")
             raise _Refusal(401, None, f"API key missing: this gateway needs an API key; {API_KEY_HOWTO}")
 
-        if self.api_keys is not None and self.api_keys.match(credential) is not None:
-            return await self._verify(self.api_keys, credential)
+        if self.api_keys is not None:
+            known = self.api_keys.lookup(credential)
+            if known is not None:
+                return known
         if self.verifier is None:
             raise _Refusal(401, "invalid_token", "unknown API key: the key is wrong or no longer valid "
                                                  f"(ask for a new one); {API_KEY_HOWTO}")
@@ -176,8 +197,10 @@ class AuthGate:
 
     async def _verify(self, verifier: TokenVerifier, credential: str) -> AccessToken:
         try:
-            if isinstance(verifier, CheckingVerifier):
-                token = await verifier.check(credential)
+            # (a `CheckingVerifier`, told by its method: a runtime Protocol check costs more than the lookup)
+            check = getattr(verifier, "check", None)
+            if callable(check):
+                token = await check(credential)
             else:
                 found = await verifier.verify_token(credential)
                 if found is None:

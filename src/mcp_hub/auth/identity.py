@@ -29,11 +29,16 @@ class Consumer:
     forwarded_claims: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     # How the caller authenticated: "none", "oauth" or "api_key".
     method: str = "none"
+    # The sorted group set, computed once: every step of a call keys something by it.
+    _group_key: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_group_key", tuple(sorted(set(self.groups))))
 
     @property
     def group_key(self) -> tuple[str, ...]:
         """The sorted group set: consumers with the same key see the same catalog."""
-        return tuple(sorted(set(self.groups)))
+        return self._group_key
 
 
 def anonymous(groups: tuple[str, ...] = ()) -> Consumer:

@@ -450,27 +450,38 @@ class CombinedVerifier(_VerifierBase):
 
 
 class ApiKeyVerifier(_VerifierBase):
-    """Checks an API key by its SHA-256 against every configured digest, in constant time."""
+    """Checks an API key by its SHA-256 against every configured digest, in constant time.
+
+    A key found once is then known by its digest: its token is kept (at most one per configured key,
+    so nothing a caller sends can grow it) and every later request with it is one hash and one lookup.
+    """
 
     def __init__(self, keys: Sequence[ApiKeyConfig]) -> None:
         self.keys = list(keys)
+        self._known: dict[str, ApiKeyAccessToken] = {}
 
     def match(self, key: str) -> ApiKeyConfig | None:
         """The configured entry for a presented key, or None. Every entry is compared (no early exit)."""
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        return self._match_digest(hashlib.sha256(key.encode()).hexdigest())
+
+    def _match_digest(self, digest: str) -> ApiKeyConfig | None:
         found: ApiKeyConfig | None = None
         for entry in self.keys:
             if hmac.compare_digest(digest, entry.sha256):
                 found = entry
         return found
 
-    async def check(self, token: str) -> AccessToken:
-        """The access token the key stands for; raises `InvalidToken` for an unknown key."""
-        entry = self.match(token)
+    def lookup(self, key: str) -> ApiKeyAccessToken | None:
+        """The access token a presented key stands for, or None for an unknown key."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        token = self._known.get(digest)
+        if token is not None:
+            return token
+        entry = self._match_digest(digest)
         if entry is None:
-            raise InvalidToken("unknown API key")
-        return ApiKeyAccessToken(
-            token=token,
+            return None
+        token = ApiKeyAccessToken(
+            token=key,
             client_id=entry.consumer,
             scopes=[],
             subject=entry.consumer,
@@ -478,6 +489,15 @@ class ApiKeyVerifier(_VerifierBase):
             consumer=entry.consumer,
             groups=list(entry.groups),
         )
+        self._known[digest] = token
+        return token
+
+    async def check(self, token: str) -> AccessToken:
+        """The access token the key stands for; raises `InvalidToken` for an unknown key."""
+        found = self.lookup(token)
+        if found is None:
+            raise InvalidToken("unknown API key")
+        return found
 
 
 class OAuthVerifier(CombinedVerifier):

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.catalog.view import CatalogView, Target
 from mcp_hub.config.policy import Kind, PolicyConfig
-from mcp_hub.policy.acl import Decision, decide
+from mcp_hub.policy.acl import Decision, Decisions
 
 T = TypeVar("T")
 
@@ -18,11 +18,12 @@ class Access:
 
     def __init__(self, policy: PolicyConfig) -> None:
         self.policy = policy
+        self._decisions = Decisions(policy)
         self._filter_cache: dict[tuple[int, int, str, tuple[str, ...]], list[Any]] = {}
 
     def decide(self, consumer: Consumer, kind: Kind, name: str, upstream: str | None) -> Decision:
         """Whether `consumer` may see and use the `kind` named `name` (its canonical name) from `upstream`."""
-        return decide(consumer, kind, name, upstream, self.policy)
+        return self._decisions.decide(consumer, kind, name, upstream)
 
     def allows(self, consumer: Consumer, target: Target) -> bool:
         return self.decide(consumer, target.acl_kind, target.name, target.upstream).allowed

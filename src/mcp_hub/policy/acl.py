@@ -22,7 +22,7 @@ from typing import Protocol
 
 from mcp_hub.config.policy import Kind, PolicyConfig
 
-__all__ = ["Decision", "decide", "decide_for_groups", "CatalogFilter"]
+__all__ = ["Decision", "Decisions", "decide", "decide_for_groups", "CatalogFilter"]
 
 _SECTION = {"tool": "tools", "resource": "resources", "prompt": "prompts"}
 
@@ -93,6 +93,29 @@ def decide_for_groups(
         f"no group rule mentions {kind} {name!r}; the default is {default}",
         f"default_acl: {default}",
     )
+
+
+class Decisions:
+    """`decide` for one policy, each answer kept: a call asks the same question for every call of a tool.
+
+    Keyed by (group set, kind, name, upstream); a policy is immutable, so an answer never goes stale (a
+    reload makes a new policy and a new `Decisions`). Bounded: past `max_entries` it starts afresh.
+    """
+
+    def __init__(self, policy: PolicyConfig, max_entries: int = 50_000) -> None:
+        self.policy = policy
+        self.max_entries = max_entries
+        self._known: dict[tuple[tuple[str, ...], str, str, str | None], Decision] = {}
+
+    def decide(self, consumer: _HasGroups, kind: Kind, name: str, upstream: str | None) -> Decision:
+        key = (consumer.group_key, kind, name, upstream)
+        found = self._known.get(key)
+        if found is None:
+            found = decide_for_groups(key[0], kind, name, upstream, self.policy)
+            if len(self._known) >= self.max_entries:
+                self._known.clear()
+            self._known[key] = found
+        return found
 
 
 class CatalogFilter:
