@@ -69,7 +69,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
@@ -171,32 +171,32 @@ class OutputEstimate:
 
 @dataclass(frozen=True, slots=True)
 class _Counter:
-    """One configured rule."""
+    """One configured rule (what the call path reads of it, worked out once)."""
 
     rule_id: str  # e.g. groups.developer.budgets[0]
     rule: BudgetRule | RateLimitRule
     scope: Scope
     group: str | None
     unit: Literal["tokens", "requests"]
+    limit: int = field(init=False, compare=False)
+    # The largest hold one call may have: half the limit.
+    cap: int = field(init=False, compare=False)
+    description: str = field(init=False, compare=False)
+    count: Literal["input", "output", "total"] = field(init=False, compare=False)
 
-    @property
-    def limit(self) -> int:
-        return self.rule.tokens if isinstance(self.rule, BudgetRule) else self.rule.requests
-
-    @property
-    def cap(self) -> int:
-        """The largest hold one call may have: half the limit."""
-        return (self.limit + 1) // 2
-
-    @property
-    def description(self) -> str:
-        return f"{self.rule_id}: {self.rule.describe()}"
+    def __post_init__(self) -> None:
+        rule = self.rule
+        limit = rule.tokens if isinstance(rule, BudgetRule) else rule.requests
+        object.__setattr__(self, "limit", limit)
+        object.__setattr__(self, "cap", (limit + 1) // 2)
+        object.__setattr__(self, "description", f"{self.rule_id}: {rule.describe()}")
+        object.__setattr__(self, "count", rule.count if isinstance(rule, BudgetRule) else "total")
 
     def subject(self, consumer: Consumer) -> str:
         return self.group if self.scope == "group" and self.group is not None else consumer.name
 
     def amount(self, tokens_in: int, tokens_out: int) -> int:
-        count = self.rule.count if isinstance(self.rule, BudgetRule) else "total"
+        count = self.count
         return tokens_in if count == "input" else tokens_out if count == "output" else tokens_in + tokens_out
 
 
@@ -374,7 +374,7 @@ class Budgets:
                 raise self._unavailable(consumer) from exc
             return None
         if self._on_remaining is not None and plan.tokens:
-            self._report([_snapshot(c, s, state) for (c, s, _), state in zip(plan.tokens, answer.states, strict=False)])
+            self._report(_snapshots(plan.tokens, answer.states))
         if answer.refused >= 0:
             raise self._refusal(plan, answer)
         held = [(line, granted) for line, granted in zip(plan.token_lines, answer.granted, strict=False) if granted > 0]
@@ -419,7 +419,7 @@ class Budgets:
             self._storage_failed("charge", exc)
             return
         if self._on_remaining is not None:
-            self._report([_snapshot(c, s, state) for (c, s, _), state in zip(plan.tokens, states, strict=False)])
+            self._report(_snapshots(plan.tokens, states))
 
     async def release(self, hold: Hold | None) -> None:
         """Release a call's hold without charging it (the call failed or did not finish); never raises."""
@@ -551,12 +551,19 @@ class Budgets:
             self._errors_since_log = 0
 
 
-def _snapshot(counter: _Counter, subject: str, state: State) -> BudgetSnapshot:
+def _snapshot(counter: _Counter, subject: str, state: State, now: float | None = None) -> BudgetSnapshot:
     used, _, reset_ms = state
+    after = _seconds_until(reset_ms / 1000) if now is None else round(max(reset_ms / 1000 - now, 0.0), 3)
     return BudgetSnapshot(
         counter.rule_id, counter.description, counter.scope, subject, counter.limit, used,
-        max(counter.limit - used, 0), _seconds_until(reset_ms / 1000),
+        max(counter.limit - used, 0), after,
     )
+
+
+def _snapshots(bound: Sequence[_Bound], states: Sequence[State]) -> list[BudgetSnapshot]:
+    """A snapshot per token line of a call, from the states its operation returned (one clock read)."""
+    now = time.time()
+    return [_snapshot(c, s, state, now) for (c, s, _), state in zip(bound, states, strict=False)]
 
 
 def _seconds_until(timestamp: float) -> float:

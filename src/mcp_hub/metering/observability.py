@@ -347,6 +347,7 @@ class Metrics:
         self._guard = _LabelGuard(max_label_values)
         # Children per raw label tuple: skips labels() lookups and guards on the hot path.
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._budget_children: dict[tuple[str, str, str], Any] = {}
         r = self.registry
         self.calls = Counter("mcp_hub_tool_calls", "tools/call requests by outcome",
                              ["consumer", "group", "upstream", "tool", "outcome"], registry=r)
@@ -448,8 +449,14 @@ class Metrics:
         for snap in snapshots:
             if snap.scope == "consumer" and not self.per_consumer_labels:
                 continue
-            subject = self._guard("subject", snap.subject)
-            self.budget_remaining.labels(snap.rule, snap.scope, subject).set(snap.remaining)
+            key = (snap.rule, snap.scope, snap.subject)
+            child = self._budget_children.get(key)
+            if child is None:  # a budget and subject's gauge, looked up once (this runs twice per call)
+                child = self.budget_remaining.labels(snap.rule, snap.scope, self._guard("subject", snap.subject))
+                if len(self._budget_children) > 20_000:
+                    self._budget_children.clear()
+                self._budget_children[key] = child
+            child.set(snap.remaining)
 
     def set_upstream_up(self, upstream: str, up: bool) -> None:
         """Mark an upstream healthy (1) or not (0)."""

@@ -96,11 +96,6 @@ def _encode(args: tuple[Any, ...]) -> bytes:
     return encode_head(len(args), args)
 
 
-def _expire(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("Redis did not answer in time"))
-
-
 class _Protocol(asyncio.Protocol):
     """Replies are matched to commands in the order the commands were written."""
 
@@ -110,6 +105,25 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
         self.pending: list[bytes] = []  # written together once this turn of the event loop ends
+        # One timer for every command in flight (not one per command): it fires when the oldest unanswered
+        # command is due, fails those past their time, and is set again for the next one.
+        self.watchdog: asyncio.TimerHandle | None = None
+
+    def watch(self, loop: asyncio.AbstractEventLoop, deadline: float, timeout: float) -> None:
+        """Fail every command unanswered `timeout` seconds after it was sent (TimeoutError); `deadline` is the
+        newest command's, the earliest unless a timer is set already."""
+        if self.watchdog is None:
+            self.watchdog = loop.call_later(max(deadline - time.monotonic(), 0.0), self._expire, loop, timeout)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.watchdog = None
+        now = time.monotonic()
+        for future, sent in self.waiting:  # oldest first; an answered command has left the queue
+            if now - sent < timeout:
+                self.watch(loop, sent + timeout, timeout)
+                return
+            if not future.done():
+                future.set_exception(TimeoutError("Redis did not answer in time"))
 
     def flush(self) -> None:
         """Write the commands of this turn of the event loop at once: one send for many calls in flight."""
@@ -195,15 +209,13 @@ class RespClient:
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
-        protocol.waiting.append((future, time.monotonic()))
+        sent = time.monotonic()
+        protocol.waiting.append((future, sent))
         if not protocol.pending:
             loop.call_soon(protocol.flush)
         protocol.pending.append(command)
-        timer = loop.call_later(self.timeout, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
+        protocol.watch(loop, sent + self.timeout, self.timeout)
+        return await future
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
