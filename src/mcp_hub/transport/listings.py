@@ -14,6 +14,7 @@ the whole result; pydantic's JSON serializer, as the SDK's transport), with the 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import typing
@@ -39,6 +40,7 @@ LISTINGS: dict[str, tuple[type[BaseModel], str, str]] = {
     "prompts/list": (types.ListPromptsResult, "prompts", "prompt"),
     "resources/list": (types.ListResourcesResult, "resources", "resource"),
 }
+logger = logging.getLogger(__name__)
 _MAX_SESSIONS = 100_000
 # The protocol versions whose listings are serialized ahead of the first request: the newest of each era.
 PREPARED_VERSIONS = ("2025-11-25", "2026-07-28")
@@ -141,11 +143,16 @@ class Listings:
                         shape = self._shape(method, version, stamp)
                         started = time.perf_counter()
                         for item in list(items):
-                            shape.item_bytes(item)
+                            try:
+                                shape.item_bytes(item)
+                            except Exception:  # noqa: BLE001 - a listing that needs it reports the error
+                                logger.debug("item not serialized ahead", exc_info=True)
                             if time.perf_counter() - started > _SLICE:
                                 await anyio.lowlevel.checkpoint()
                                 started = time.perf_counter()
                 done.add((id(view), view.version))
+        except Exception:  # noqa: BLE001 - only a head start: listings serialize what they need themselves
+            logger.warning("listings not prepared ahead", exc_info=True)
         finally:
             self._preparing = False
 
