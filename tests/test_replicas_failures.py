@@ -192,3 +192,58 @@ def test_without_redis_sessions_keep_working_on_their_replica(tmp_path: Path) ->
         health = httpx2.get(f"{gws[0].url}/healthz", headers=SCRAPE_HEADERS, timeout=10)
         assert health.status_code == 200 and health.json()["status"] in ("ok", "degraded"), health.text
 
+
+
+# -- subscriptions and log levels set through another replica ------------------------------------------
+
+
+def test_a_subscription_made_through_one_replica_reaches_the_stream_another_holds(tmp_path: Path) -> None:
+    """The session's GET stream is held by replica 1 (which adopted the session before the subscription);
+    the client subscribes through replica 0 and the resource changes through replica 2: the update arrives on
+    the stream replica 1 holds."""
+    port = free_port()
+    with running([sys.executable, "-m", "tests.servers.conformance_server", "--port", str(port)], cwd=ROOT,
+                 log=tmp_path / "conformance.log") as proc, redis_server(tmp_path) as redis_url:
+        wait_for_port(port, proc=proc)
+        # a handshake-era upstream session: the server sends resource updates on it
+        upstream = {"conf": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp",
+                             "protocol": "legacy"}}
+        with replicas(tmp_path, redis_url, upstream) as gws:
+            headers = open_session(gws[0])
+            listed = httpx2.post(gws[0].mcp, json={"jsonrpc": "2.0", "id": 1, "method": "resources/list"},
+                                 headers=headers, timeout=30)
+            uris = [r["uri"] for r in answer_of(listed, 1)["result"]["resources"] if "watched" in r["uri"]]
+            assert len(uris) == 1, listed.text
+            received: list[dict[str, Any]] = []
+            stop = threading.Event()
+
+            def stream() -> None:  # the client's GET stream, on replica 1 (it ends when the replicas stop)
+                with contextlib.suppress(httpx2.HTTPError), httpx2.stream("GET", gws[1].mcp, headers={**headers, "Accept": "text/event-stream"},
+                                   timeout=httpx2.Timeout(5, read=60)) as response:
+                    received.append({"status": response.status_code})
+                    for line in response.iter_lines():
+                        if line.startswith("data:"):
+                            received.append(json.loads(line[5:]))
+                        if stop.is_set():
+                            return
+
+            reader = threading.Thread(target=stream, daemon=True)
+            reader.start()
+            deadline = time.monotonic() + 20
+            while not received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert received and received[0]["status"] == 200, received
+            time.sleep(0.5)
+            subscribed = httpx2.post(gws[0].mcp, json={"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe",
+                                                       "params": {"uri": uris[0]}}, headers=headers, timeout=30)
+            assert "result" in answer_of(subscribed, 2), subscribed.text
+            time.sleep(1.0)  # announced to the other replicas
+            changed = call(gws[2], headers, "conf__test_update_watched_resource", {})
+            assert changed.status_code == 200, changed.text
+            deadline = time.monotonic() + 20
+            updates: list[dict[str, Any]] = []
+            while not updates and time.monotonic() < deadline:
+                updates = [m for m in received[1:] if m.get("method") == "notifications/resources/updated"]
+                time.sleep(0.1)
+            stop.set()
+            assert updates and updates[0]["params"]["uri"] == uris[0], received

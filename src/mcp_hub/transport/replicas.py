@@ -425,6 +425,8 @@ class Replicas:
         self.stats.received += 1
         if kind == "deliver" and isinstance(message.get("msg"), dict):
             self._spawn(entry.deliver(sid, message["msg"], message.get("host")))
+        elif kind == "state" and isinstance(message.get("msg"), dict):
+            self._spawn(entry.apply_state(sid, message["msg"], message.get("host")))
 
     async def _apply(self, kind: str) -> None:
         try:
@@ -498,6 +500,7 @@ class _Known:
     consumer: str
     fingerprint: str
     touched: float = field(default_factory=time.monotonic)
+    host: str | None = None  # the Host header the session was opened or adopted with (for requests fed to it)
 
 
 class SessionGate:
@@ -630,7 +633,7 @@ class SessionGate:
                     if key == b"mcp-session-id":
                         sid = value.decode("latin-1")
                         opened.append(sid)
-                        self.known[sid] = _Known(consumer.name, fingerprint)
+                        self.known[sid] = _Known(consumer.name, fingerprint, host=_header(scope, b"host"))
                         if replicas is not None:
                             # written before the client reads the id: it may use the session anywhere at once
                             await self._record(sid, consumer.name, placeholder, fingerprint, params)
@@ -699,7 +702,7 @@ class SessionGate:
                 logger.warning("session %s could not be adopted: %s", sid[:64], exc)
                 await transport.terminate()
                 return
-            self.known[sid] = _Known(consumer.name, record["owner"])
+            self.known[sid] = _Known(consumer.name, record["owner"], host=_header(scope, b"host"))
             if self.direct is not None:
                 self.direct.note_session(sid, init.get("capabilities"), init.get("clientInfo"),
                                          record.get("level"))
@@ -806,13 +809,50 @@ class SessionGate:
         if transport is not None and not getattr(transport, "is_terminated", True):
             await transport.terminate()
 
-    async def on_level(self, sid: str, level: str) -> None:
-        if self.replicas is not None:
+    async def on_level(self, sid: str, level: str, request_id: Any = None) -> None:
+        """The client set the session's log level here: in its record, and in every other replica's copy."""
+        if self.replicas is not None and not _fed_here(request_id):
             await self.replicas.update(sid, "HSET", "level", level)
+            await self._share(sid, {"method": "logging/setLevel", "params": {"level": level}})
 
-    async def on_subscription(self, sid: str, uri: str, on: bool) -> None:
-        if self.replicas is not None:
+    async def on_subscription(self, sid: str, uri: str, on: bool, request_id: Any = None) -> None:
+        """The client (un)subscribed here: in the session's record, and in every other replica's copy, so
+        the copy holding the client's GET stream delivers the updates."""
+        if self.replicas is not None and not _fed_here(request_id):
             await self.replicas.update(sid, *(("HSET", f"sub:{uri}", "1") if on else ("HDEL", f"sub:{uri}")))
+            method = "resources/subscribe" if on else "resources/unsubscribe"
+            await self._share(sid, {"method": method, "params": {"uri": uri}})
+
+    async def _share(self, sid: str, request: dict[str, Any]) -> None:
+        replicas = self.replicas
+        assert replicas is not None
+        known = self.known.get(sid)
+        await replicas.publish(replicas.channel_all, {"t": "state", "path": self.path, "sid": sid, "msg": request,
+                                                      "host": known.host if known is not None else None})
+
+    async def apply_state(self, sid: str, request: dict[str, Any], host: Any) -> None:
+        """A subscription or log level another replica's copy of a session was given: applied to this copy
+        (if this replica holds one), as a request with a gateway id that is not shared again."""
+        transport = self._table.get(sid)
+        if transport is None or getattr(transport, "is_terminated", True):
+            return
+        message = {"jsonrpc": "2.0", "id": f"{FED_ID_PREFIX}state-{secrets.token_hex(4)}", **request}
+        scope = {"type": "http", "method": "POST", "path": self.path,
+                 "headers": [(b"host", host.encode("latin-1"))] if isinstance(host, str) else []}
+        with contextlib.suppress(Exception):
+            status, body = await _feed(transport, scope, sid, message, None)
+            if status != 200:
+                logger.warning("session %s: a %s from another replica was refused here (%d)", sid[:64],
+                               request.get("method"), status)
+
+
+FED_ID_PREFIX = "mcphub-"  # ids of requests the gateway feeds to a session's local copy itself
+
+
+def _fed_here(request_id: Any) -> bool:
+    """A request the gateway fed to a session copy (adoption replay, state from another replica): its effect
+    is recorded and shared already."""
+    return isinstance(request_id, str) and request_id.startswith(FED_ID_PREFIX)
 
 
 async def _feed(transport: Any, scope: Scope, sid: str, message: dict[str, Any], version: Any) -> tuple[int, bytes]:

@@ -211,7 +211,7 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             await service.subscribe_upstream(who, uri, target)
         gate = _shared_gate(gateway, route)
         if gate is not None and connection is not None and connection.session_id:
-            await gate.on_subscription(connection.session_id, uri, True)
+            await gate.on_subscription(connection.session_id, uri, True, ctx.request_id)
         return types.EmptyResult()
 
     async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams) -> types.EmptyResult:
@@ -221,7 +221,7 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             watchers.discard(connection)
         gate = _shared_gate(gateway, route)
         if gate is not None and connection is not None and connection.session_id:
-            await gate.on_subscription(connection.session_id, str(params.uri), False)
+            await gate.on_subscription(connection.session_id, str(params.uri), False, ctx.request_id)
         return types.EmptyResult()
 
     async def complete(ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> types.CompleteResult:
@@ -255,7 +255,7 @@ def make_server(gateway: Gateway, route: Route) -> Server[Any]:
             connection.state[_LOG_LEVEL_STATE] = params.level
             gate = _shared_gate(gateway, route)
             if gate is not None and connection.session_id:
-                await gate.on_level(connection.session_id, params.level)
+                await gate.on_level(connection.session_id, params.level, ctx.request_id)
         return types.EmptyResult()
 
     server = _HubServer(
