@@ -138,6 +138,10 @@ class McpUpstream(Upstream):
         self._inflight: dict[int, _InFlight] = {}
         self._seq = 0
         self._notification_listeners: list[NotificationListener] = []
+        # Resource URIs the gateway's callers subscribed to: on a 2026-07-28 session they are part of the
+        # subscriptions/listen request, which is opened again when the set changes.
+        self._resource_subs: set[str] = set()
+        self._subs_changed = anyio.Event()
         self._http_client = http_client
         # Where this upstream's credential headers come from (gateway-owned, or a consumer's).
         self.credential_headers: HeaderSource | None = None
@@ -383,26 +387,42 @@ class McpUpstream(Upstream):
         return reason
 
     async def _listen(self, session: ClientSession) -> None:
+        """One subscriptions/listen stream at a time, for the catalog's changes and the subscribed resources;
+        opened again (and the catalog read again, for what changed in between) when the subscribed set
+        changes."""
         caps = session.server_capabilities or types.ServerCapabilities()
-        try:
-            async with listen(
-                session,
-                tools_list_changed=bool(caps.tools and caps.tools.list_changed),
-                prompts_list_changed=bool(caps.prompts and caps.prompts.list_changed),
-                resources_list_changed=bool(caps.resources and caps.resources.list_changed),
-            ) as subscription:
-                async for event in subscription:
-                    if isinstance(event, ToolsListChanged | PromptsListChanged | ResourcesListChanged):
-                        await self._refresh(session)
-                    elif isinstance(event, ResourceUpdated):
-                        notification = types.ResourceUpdatedNotification(
-                            params=types.ResourceUpdatedNotificationParams(uri=event.uri)
-                        )
-                        for listener in self._notification_listeners:
-                            with contextlib.suppress(Exception):
-                                await listener(self, notification)
-        except Exception as exc:  # noqa: BLE001 - no listen stream: the catalog just stays as listed
-            logger.info("upstream %s: no change notifications (%s)", self.name, _describe(exc))
+        while True:
+            changed = self._subs_changed = anyio.Event()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_cancel_when, changed, tg.cancel_scope)
+                    await self._listen_once(session, caps)
+                    tg.cancel_scope.cancel()
+            except Exception as exc:  # noqa: BLE001 - no listen stream: the catalog just stays as listed
+                logger.info("upstream %s: no change notifications (%s)", self.name, _describe(exc))
+                return
+            if not changed.is_set():
+                return  # the stream ended
+            await self._refresh(session)
+
+    async def _listen_once(self, session: ClientSession, caps: types.ServerCapabilities) -> None:
+        async with listen(
+            session,
+            tools_list_changed=bool(caps.tools and caps.tools.list_changed),
+            prompts_list_changed=bool(caps.prompts and caps.prompts.list_changed),
+            resources_list_changed=bool(caps.resources and caps.resources.list_changed),
+            resource_subscriptions=sorted(self._resource_subs),
+        ) as subscription:
+            async for event in subscription:
+                if isinstance(event, ToolsListChanged | PromptsListChanged | ResourcesListChanged):
+                    await self._refresh(session)
+                elif isinstance(event, ResourceUpdated):
+                    notification = types.ResourceUpdatedNotification(
+                        params=types.ResourceUpdatedNotificationParams(uri=event.uri)
+                    )
+                    for listener in self._notification_listeners:
+                        with contextlib.suppress(Exception):
+                            await listener(self, notification)
 
     async def _refresh(self, session: ClientSession) -> None:
         try:
@@ -661,12 +681,18 @@ class McpUpstream(Upstream):
 
     async def subscribe(self, uri: str) -> None:
         if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
-            # 2026-07-28 has no resources/subscribe (updates come through subscriptions/listen).
+            # 2026-07-28 has no resources/subscribe: the URI joins the subscriptions/listen stream.
+            if uri not in self._resource_subs:
+                self._resource_subs.add(uri)
+                self._subs_changed.set()
             return
         await self._request(CallContext(), "resources/subscribe", lambda s: s.subscribe_resource(uri))
 
     async def unsubscribe(self, uri: str) -> None:
         if self.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            if uri in self._resource_subs:
+                self._resource_subs.discard(uri)
+                self._subs_changed.set()
             return
         await self._request(CallContext(), "resources/unsubscribe", lambda s: s.unsubscribe_resource(uri))
 
@@ -768,6 +794,11 @@ class _Relay:
 # upstream sees through the gateway what it would see talking to the caller directly.
 _UNSUPPORTED = {"sampling/createMessage": "Sampling not supported", "elicitation/create": "Elicitation not supported",
                 "roots/list": "List roots not supported"}
+
+
+async def _cancel_when(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 def _unsupported(method: str) -> str:
