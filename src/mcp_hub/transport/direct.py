@@ -231,6 +231,8 @@ class DirectCalls:
             return
         session_id = _header(scope, b"mcp-session-id")
         kind = message.get("method")
+        if not isinstance(kind, str | None):
+            kind = ""  # not a method name: the SDK answers it (Invalid Request)
         if session_id is None:
             if kind == "initialize" and not self.manager.stateless:
                 await self._opening(message, scope, replay, send)
