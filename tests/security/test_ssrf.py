@@ -496,7 +496,8 @@ CALL_ARGUMENTS = {
 }
 
 
-@pytest.mark.parametrize("value", list(CALL_ARGUMENTS))
+@pytest.mark.parametrize("value", list(CALL_ARGUMENTS),
+                         ids=[v.replace(CANARY, "CANARY") for v in CALL_ARGUMENTS])  # stable ids across processes
 async def test_request_time_check_of_the_url_actually_requested(stack: Stack, registered: str, value: str) -> None:
     before = len(stack.public.requests)
     result = await _call(stack, f"{registered}__getItem", {"name": value})
