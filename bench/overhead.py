@@ -138,14 +138,7 @@ def main() -> None:
         print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
               f"{args.upstream_protocol}, upstream answers {args.upstream_answers}, "
               f"{args.rounds} interleaved rounds of {args.seconds:g}s, load {os.getloadavg()[0]:.2f}")
-        print(f"{'target':<12}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}{'RSS MB':>9}")
-        summary: dict[tuple[str, int], dict[str, float]] = {}
-        order = list(targets)
-        for (name, c), runs in sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
-            agg = aggregate(runs)
-            summary[(name, c)] = agg
-            print(f"{name:<12}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
-                  f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")
+        summary = print_table(results, list(targets), 12)
         print()
         for c in args.concurrency:
             d = summary[("direct", c)]
@@ -333,17 +326,7 @@ def policy_main(args: argparse.Namespace) -> None:
               f"{args.upstream_protocol}, upstream answers {args.upstream_answers}, {args.rounds} interleaved rounds "
               f"of {args.seconds:g}s ({elapsed:.0f}s in all), load {os.getloadavg()[0]:.2f}")
         print("mcp-hub/policy: API key auth, deny-by-default ACL, 2 token budgets, 1 rate limit, costs, Redis storage")
-        print(f"{'target':<16}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}"
-              f"{'RSS MB':>9}")
-        summary: dict[tuple[str, int], dict[str, float]] = {}
-        order = list(targets)
-        for (name, c), rounds in sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
-            agg = aggregate(rounds)
-            summary[(name, c)] = agg
-            print(f"{name:<16}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
-                  f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")
-            if agg["errors"]:
-                print(f"   first error: {next(r['first_error'] for r in rounds if r['errors'])}")
+        summary = print_table(results, list(targets), 16)
         print()
         for c in args.concurrency:
             d, plain = summary[("direct", c)], summary[("mcp-hub", c)]
@@ -420,15 +403,7 @@ def tracing_main(args: argparse.Namespace) -> None:
               f"{args.upstream_protocol}, upstream answers {args.upstream_answers}, {args.rounds} interleaved rounds "
               f"of {args.seconds:g}s, load {os.getloadavg()[0]:.2f}")
         print("mcp-hub/tracing: every request traced (sample ratio 1), OTLP/HTTP batch export to a local receiver")
-        print(f"{'target':<17}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}"
-              f"{'RSS MB':>9}")
-        summary: dict[tuple[str, int], dict[str, float]] = {}
-        order = list(targets)
-        for (name, c), rounds in sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
-            agg = aggregate(rounds)
-            summary[(name, c)] = agg
-            print(f"{name:<17}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
-                  f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")
+        summary = print_table(results, list(targets), 17)
         print()
         for c in args.concurrency:
             d, off, on = summary[("direct", c)], summary[("mcp-hub", c)], summary[("mcp-hub/tracing", c)]
@@ -444,6 +419,23 @@ def tracing_main(args: argparse.Namespace) -> None:
         calls = sum(r["calls"] for (n, _), rounds in results.items() if n == "mcp-hub/tracing" for r in rounds)
         print(f"receiver: {spans['spans']} spans in {spans['exports']} exports for {calls} traced calls "
               f"({spans['spans'] / max(calls, 1):.2f} spans/call)")
+
+
+def print_table(results: dict[tuple[str, int], list[dict[str, Any]]], order: list[str],
+                width: int) -> dict[tuple[str, int], dict[str, float]]:
+    """One row per (target, concurrency), targets in `order`, with the first error of a target that had
+    any; returns the aggregated figures."""
+    print(f"{'target':<{width}}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}"
+          f"{'RSS MB':>9}")
+    summary: dict[tuple[str, int], dict[str, float]] = {}
+    for (name, c), rounds in sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
+        agg = aggregate(rounds)
+        summary[(name, c)] = agg
+        print(f"{name:<{width}}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
+              f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")
+        if agg["errors"]:
+            print(f"   first error: {next(r['first_error'] for r in rounds if r['errors'])}")
+    return summary
 
 
 def _direct_counts(port: int) -> str:

@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import json
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,10 +26,10 @@ from typing import Any
 import httpx2
 import pytest
 
+from tests.servers.launch import http_server
 from tests.support.gateway import SCRAPE_HEADERS, RunningGateway, python_server, run_gateway
-from tests.support.processes import redis_server, running, wait_for_port
+from tests.support.processes import redis_server
 from tests.support.rpc import MCP_HEADERS, answer_of, initialize_request
-from tests.support.tools import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -48,12 +47,8 @@ def replicas(tmp: Path, redis_url: str, upstreams: dict[str, Any], n: int = 3) -
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("reference")
-    port = free_port()
-    with running([sys.executable, "-m", "tests.servers.reference_server", "--port", str(port)], cwd=ROOT,
-                 log=tmp / "reference.log") as proc:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}/mcp"
+    with http_server("reference_server", tmp_path_factory.mktemp("reference")) as server:
+        yield server.url
 
 
 # -- requestState across replicas --------------------------------------------------------------------
@@ -201,13 +196,9 @@ def test_a_subscription_made_through_one_replica_reaches_the_stream_another_hold
     """The session's GET stream is held by replica 1 (which adopted the session before the subscription);
     the client subscribes through replica 0 and the resource changes through replica 2: the update arrives on
     the stream replica 1 holds."""
-    port = free_port()
-    with running([sys.executable, "-m", "tests.servers.conformance_server", "--port", str(port)], cwd=ROOT,
-                 log=tmp_path / "conformance.log") as proc, redis_server(tmp_path) as redis_url:
-        wait_for_port(port, proc=proc)
+    with http_server("conformance_server", tmp_path) as server, redis_server(tmp_path) as redis_url:
         # a handshake-era upstream session: the server sends resource updates on it
-        upstream = {"conf": {"transport": "streamable-http", "url": f"http://127.0.0.1:{port}/mcp",
-                             "protocol": "legacy"}}
+        upstream = {"conf": {"transport": "streamable-http", "url": server.url, "protocol": "legacy"}}
         with replicas(tmp_path, redis_url, upstream) as gws:
             headers = open_session(gws[0])
             listed = httpx2.post(gws[0].mcp, json={"jsonrpc": "2.0", "id": 1, "method": "resources/list"},

@@ -9,7 +9,6 @@ to in a handshake session (`protocol: legacy`: the update comes as a notificatio
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,8 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.servers.launch import http_server
 from tests.support.gateway import RunningGateway, run_gateway
-from tests.support.processes import running, wait_for_port
-from tests.support.tools import ROOT, free_port
 
 WATCHED = "test://watched-resource"
 CHANGE = "conf__test_update_watched_resource"
@@ -31,12 +29,8 @@ CHANGE = "conf__test_update_watched_resource"
 
 @pytest.fixture(scope="module")
 def upstream_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("watched")
-    port = free_port()
-    with running([sys.executable, "-m", "tests.servers.conformance_server", "--port", str(port)], cwd=ROOT,
-                 log=tmp / "conformance.log") as proc:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}/mcp"
+    with http_server("conformance_server", tmp_path_factory.mktemp("watched")) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module", params=["legacy", "auto"], ids=["upstream-handshake", "upstream-2026"])
