@@ -286,28 +286,14 @@ def policy_main(args: argparse.Namespace) -> None:
         stack.callback(stop, upstream)
         policy_targets = ["mcp-hub/policy"] + (["baseline/policy"] if args.baseline is not None else [])
         redis = {name: stack.enter_context(_redis(tmp)) for name in policy_targets}
-        runs: dict[str, tuple[str, dict[str, str]]] = {"mcp-hub": ("gw.yaml", env)}
-        (tmp / "gw.yaml").write_text(yaml.safe_dump(config))
+        runs: dict[str, tuple[dict[str, Any], dict[str, str]]] = {"mcp-hub": (config, env)}
         for name in policy_targets:
-            file = f"{name.replace('/', '-')}.yaml"
-            (tmp / file).write_text(yaml.safe_dump(_policy_config(config, digest, redis[name][0])))
             run_env = env if name == "mcp-hub/policy" else dict(
                 env, PYTHONPATH=f"{args.baseline.resolve() / 'src'}:{ROOT}")
-            runs[name] = (file, run_env)
-        ports = {name: free_port() for name in runs}
-        gateways = {}
-        for name, (file, run_env) in runs.items():
-            gateways[name] = subprocess.Popen(
-                [sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(tmp / file), "--port", str(ports[name])],
-                cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL,
-                stderr=open(tmp / f"{name.replace('/', '-')}.log", "wb"), start_new_session=True,
-            )
-            stack.callback(stop, gateways[name])
+            runs[name] = (_policy_config(config, digest, redis[name][0]), run_env)
+        gateways = start_gateways(stack, tmp, runs)
         wait_for_port(up_port, proc=upstream)
-        for name, gateway in gateways.items():
-            wait_gateway_ready(ports[name], gateway, timeout=60)
-        targets = {"direct": (f"http://127.0.0.1:{up_port}/mcp", "echo", upstream.pid)}
-        targets.update({name: (f"http://127.0.0.1:{ports[name]}/mcp", "up__echo", gateways[name].pid) for name in runs})
+        targets = gateway_targets(up_port, upstream, gateways)
         keyed = {targets[name][0] for name in policy_targets}
 
         def run(url: str, tool: str, c: int) -> dict[str, Any]:
@@ -377,26 +363,13 @@ def tracing_main(args: argparse.Namespace) -> None:
                                                                   "mcp-hub/tracing": (traced, env)}
         if args.baseline is not None:
             runs["baseline"] = (config, dict(env, PYTHONPATH=f"{args.baseline.resolve() / 'src'}:{ROOT}"))
-        ports = {name: free_port() for name in runs}
-        gateways = {}
-        for name, (cfg, run_env) in runs.items():
-            file = tmp / f"{name.replace('/', '-')}.yaml"
-            file.write_text(yaml.safe_dump(cfg))
-            gateways[name] = subprocess.Popen(
-                [sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(file), "--port", str(ports[name])],
-                cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL,
-                stderr=open(tmp / f"{name.replace('/', '-')}.log", "wb"), start_new_session=True,
-            )
-            stack.callback(stop, gateways[name])
+        gateways = start_gateways(stack, tmp, runs)
         wait_for_port(up_port, proc=upstream)
         wait_for_port(sink_port, proc=sink)
-        for name, gateway in gateways.items():
-            wait_gateway_ready(ports[name], gateway, timeout=60)
-        targets = {"direct": (f"http://127.0.0.1:{up_port}/mcp", "echo", upstream.pid)}
-        targets.update({name: (f"http://127.0.0.1:{ports[name]}/mcp", "up__echo", gateways[name].pid) for name in runs})
+        targets = gateway_targets(up_port, upstream, gateways)
         results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload, args.mode),
                           args.rounds, args.concurrency)
-        stop(gateways["mcp-hub/tracing"])  # its last batch is exported on the way out
+        stop(gateways["mcp-hub/tracing"][0])  # its last batch is exported on the way out
         spans = httpx2.get(f"http://127.0.0.1:{sink_port}/count", timeout=5).json()
 
         print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
@@ -419,6 +392,34 @@ def tracing_main(args: argparse.Namespace) -> None:
         calls = sum(r["calls"] for (n, _), rounds in results.items() if n == "mcp-hub/tracing" for r in rounds)
         print(f"receiver: {spans['spans']} spans in {spans['exports']} exports for {calls} traced calls "
               f"({spans['spans'] / max(calls, 1):.2f} spans/call)")
+
+
+def start_gateways(stack: contextlib.ExitStack, tmp: Path, runs: dict[str, tuple[dict[str, Any], dict[str, str]]]
+                   ) -> dict[str, tuple[subprocess.Popen[bytes], int]]:
+    """`mcp-hub serve` per named (config, environment) on a free port, stopped with `stack`: (process, port)."""
+    gateways = {}
+    for name, (config, run_env) in runs.items():
+        stem = name.replace("/", "-")
+        (tmp / f"{stem}.yaml").write_text(yaml.safe_dump(config))
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mcp_hub.cli", "serve", "-c", str(tmp / f"{stem}.yaml"), "--port", str(port)],
+            cwd=ROOT, env=run_env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{stem}.log", "wb"),  # noqa: SIM115
+            start_new_session=True,
+        )
+        stack.callback(stop, proc)
+        gateways[name] = (proc, port)
+    return gateways
+
+
+def gateway_targets(up_port: int, upstream: subprocess.Popen[bytes],
+                    gateways: dict[str, tuple[subprocess.Popen[bytes], int]]) -> dict[str, tuple[str, str, int]]:
+    """Direct, then each gateway once it is ready: name -> (MCP URL, tool, process id)."""
+    targets = {"direct": (f"http://127.0.0.1:{up_port}/mcp", "echo", upstream.pid)}
+    for name, (proc, port) in gateways.items():
+        wait_gateway_ready(port, proc, timeout=60)
+        targets[name] = (f"http://127.0.0.1:{port}/mcp", "up__echo", proc.pid)
+    return targets
 
 
 def print_table(results: dict[tuple[str, int], list[dict[str, Any]]], order: list[str],
