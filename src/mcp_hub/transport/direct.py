@@ -51,6 +51,9 @@ from mcp_hub import sdk_internals
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.core.calls import LOG_LEVELS, CallAnswer, Caller, ToolRequest, traceparent_of
 from mcp_hub.core.hub import ACCESS_TOKEN_SCOPE_KEY, CONSUMER_SCOPE_KEY, DirectStats
+from mcp_hub.transport.asgi import header as _header
+from mcp_hub.transport.asgi import read_body as _read_body
+from mcp_hub.transport.asgi import replaying as _replaying
 from mcp_hub.transport.listings import LISTINGS, Listings
 from mcp_hub.upstreams.base import DownstreamPeer
 
@@ -653,13 +656,6 @@ def _hashable(value: Any) -> Any:
     return value if isinstance(value, _SCALARS) else json.dumps(value)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
 def _acceptable(scope: Scope, json_response: bool) -> bool:
     """Content-Type JSON, and an Accept the SDK transport would take for this response mode."""
     content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
@@ -670,34 +666,6 @@ def _acceptable(scope: Scope, json_response: bool) -> bool:
     has_json = wild or bool(types_ & {"application/json", "application/*"})
     has_sse = wild or bool(types_ & {"text/event-stream", "text/*"})
     return has_json if json_response else has_json and has_sse
-
-
-async def _read_body(receive: Receive, limit: int) -> tuple[list[Message], bytes | None]:
-    """The request's ASGI events as read, and the whole body (None past `limit` or on a disconnect)."""
-    events: list[Message] = []
-    size = 0
-    while True:
-        event = await receive()
-        events.append(event)
-        if event["type"] != "http.request":
-            return events, None
-        size += len(event.get("body", b""))
-        if size > limit:
-            return events, None  # the SDK answers 413 from the replayed events
-        if not event.get("more_body", False):
-            return events, b"".join(e.get("body", b"") for e in events)
-
-
-def _replaying(events: list[Message], receive: Receive) -> Receive:
-    """A receive that gives the events read already, then the real ones (the rest, the disconnect)."""
-    pending = list(events)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
 
 
 class NotStrictJson(ValueError):

@@ -54,6 +54,8 @@ from mcp_hub.core.hub import CONSUMER_SCOPE_KEY
 from mcp_hub.core.reload import reload_checked, reload_registrations
 from mcp_hub.metering.record import LIMIT_EXCEEDED
 from mcp_hub.metering.resp import RespClient, RespError
+from mcp_hub.transport.asgi import header as _header
+from mcp_hub.transport.asgi import replaying as _replaying
 
 if TYPE_CHECKING:
     from mcp_hub.core.hub import Gateway
@@ -107,13 +109,6 @@ def _requestor(scope: Scope) -> Any:
     return authorization_context(user) if isinstance(user, AuthenticatedUser) else None
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
 def _limit_response(request_id: Any, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     body = json.dumps({"jsonrpc": "2.0", "id": request_id,
                        "error": {"code": SESSION_LIMIT_CODE, "message": message}}).encode()
@@ -132,17 +127,6 @@ async def _read_all(receive: Receive) -> tuple[list[Message], bytes]:
         events.append(event)
         if event["type"] != "http.request" or not event.get("more_body", False):
             return events, b"".join(e.get("body", b"") for e in events if e["type"] == "http.request")
-
-
-def _replaying(events: list[Message], receive: Receive) -> Receive:
-    pending = list(events)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
 
 
 def shared_sessions(gateway: Gateway) -> Replicas | None:

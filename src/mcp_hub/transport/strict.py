@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_hub.transport.direct import NotStrictJson, _parse, _parse_error, _read_body, _replaying
+from mcp_hub.transport.asgi import read_body, replaying
+from mcp_hub.transport.direct import NotStrictJson, _parse, _parse_error
 
 
 class StrictJson:
@@ -20,11 +21,11 @@ class StrictJson:
         if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        events, body = await _read_body(receive, self.max_body)
+        events, body = await read_body(receive, self.max_body)
         if body is not None:
             try:
                 _parse(body)
             except NotStrictJson as exc:
                 await _parse_error(send, str(exc))
                 return
-        await self.app(scope, _replaying(events, receive), send)
+        await self.app(scope, replaying(events, receive), send)
