@@ -19,8 +19,6 @@ The catalog and explain answers are computed by the same functions the CLI uses 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import hmac
 import json
 import logging
 import re
@@ -34,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.types import Receive, Scope, Send
 
+from mcp_hub.admin.credentials import bearer_credential, matching_key
 from mcp_hub.admin.registry import OpenAPIRegistry, Registration, RegistryError
 from mcp_hub.auth.identity import Consumer
 from mcp_hub.config import AdminConfig, ConfigError, OpenAPIUpstreamConfig, format_validation_error
@@ -257,20 +256,17 @@ class AdminAPI:
         if scope["type"] != "http":
             await self.router(scope, receive, send)
             return
-        request = Request(scope)
-        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-        credential = credential.strip()
-        if scheme.lower() != "bearer" or not credential:
+        credential = bearer_credential(Request(scope).headers)
+        if credential is None:
             await self._refuse(scope, receive, send, 401, "unauthorized",
                                "admin API: send `Authorization: Bearer <admin key>`")
             return
         config = self.config
-        digest = hashlib.sha256(credential.encode()).hexdigest()
-        for key in config.keys:
-            if hmac.compare_digest(digest, key.sha256):
-                scope[ADMIN_SCOPE_KEY] = f"key:{key.name}"
-                await self.router(scope, receive, send)
-                return
+        key = matching_key(credential, config.keys)
+        if key is not None:
+            scope[ADMIN_SCOPE_KEY] = f"key:{key.name}"
+            await self.router(scope, receive, send)
+            return
         if self._gate is not None and config.groups:
             await self._gate(scope, receive, send)
             return

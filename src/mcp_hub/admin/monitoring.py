@@ -10,14 +10,13 @@ as it lets every caller call every tool.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from mcp_hub.admin.credentials import bearer_credential, matching_key
 from mcp_hub.core.hub import Gateway
 
 ASK_FOR_KEY = "send `Authorization: Bearer <scrape key>` (admin.scrape_keys) or an admin key"
@@ -29,16 +28,8 @@ def detail_allowed(gateway: Gateway, request: Request) -> bool:
     keys = [*config.admin.keys, *config.admin.scrape_keys]
     if not keys and not config.auth.enabled:
         return True
-    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
-        return False
-    digest = hashlib.sha256(credential.encode()).hexdigest()
-    # every key is compared, so the time taken does not tell which list (if any) holds it
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(digest, key.sha256)
-    return found
+    credential = bearer_credential(request.headers)
+    return credential is not None and matching_key(credential, keys) is not None
 
 
 def monitoring_routes(gateway: Gateway, render_metrics: Callable[[], tuple[bytes, str]] | None) -> list[BaseRoute]:
