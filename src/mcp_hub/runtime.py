@@ -11,6 +11,7 @@ import contextlib
 import difflib
 import fnmatch
 import functools
+import gc
 import logging
 import socket
 from collections.abc import Callable
@@ -223,6 +224,7 @@ class GatewayServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await self._stack.enter_async_context(self._lifespan)
         try:
+            settle_heap()
             self._ready()
             await super().startup(sockets)
         except BaseException:
@@ -234,6 +236,22 @@ class GatewayServer(uvicorn.Server):
             await super().shutdown(sockets)
         finally:
             await self._stack.aclose()
+
+
+def settle_heap() -> None:
+    """Once the gateway is up: what start-up built (config, catalog, SDK models, imported modules) moves out of
+    the cyclic collector's sight, and its youngest generation is collected less often.
+
+    A relayed call allocates a few hundred short-lived containers; at the default threshold (700) the
+    collector ran every few calls and each full pass walked the whole start-up heap again, about 7% of
+    the gateway's CPU on the call path. Objects built later are still collected as usual."""
+    gc.collect()
+    gc.freeze()
+    _, second, third = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD, second, third)
+
+
+GC_THRESHOLD = 20_000
 
 
 def serve_http(gateway: Gateway, sock: socket.socket, ready: Callable[[], None]) -> None:
