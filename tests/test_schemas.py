@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import http.server
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mcp_hub.catalog.schemas import MAX_WORDING, SchemaValidators, first_error, validator
+from mcp_hub.catalog.schemas import MAX_WORDING, SchemaValidators, fast_validator, first_error, validator
 
 ITEM: dict[str, Any] = {
     "type": "object",
@@ -101,3 +108,103 @@ def test_no_stale_hit_after_a_schema_is_gone() -> None:
     for _ in range(50):  # new objects may reuse freed ids: each must still get its own validator
         schema = {"type": "boolean"}
         assert cache.first_error(schema, 1) == "arguments: 1 is not of type 'boolean'"
+
+
+# -- the Rust check first, the Python walk for a misfit ---------------------------------------------------
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["name", "tags", "owner", "login",
+                                                                                  "manager", "n", "x"]), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)
+WIDE: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "n": {"type": "integer", "minimum": 0, "multipleOf": 3},
+        "x": {"anyOf": [{"type": "string", "pattern": "^[a-z]+$", "maxLength": 5}, {"type": "null"}]},
+        "tags": {"type": "array", "uniqueItems": True, "prefixItems": [{"type": "string"}]},
+    },
+    "dependentRequired": {"n": ["x"]},
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(instance=_JSON, which=st.sampled_from([ITEM, WIDE]))
+def test_the_verdict_is_the_python_validators_on_any_instance(instance: Any, which: dict[str, Any]) -> None:
+    """The fast check only ever says "fits" where jsonschema says so too: the verdict and the wording are
+    jsonschema's, whatever the instance."""
+    expected = min(jsonschema.Draft202012Validator(which).iter_errors(instance),
+                   key=lambda e: list(e.absolute_path), default=None)
+    got = first_error(which, instance)
+    assert (got is None) == (expected is None), (instance, got, expected)
+    fast = fast_validator(which)
+    assert fast is not None
+    try:
+        assert fast.is_valid(instance) == (expected is None)
+    except (ValueError, OverflowError):  # an integer past 64 bits: the Python walk decides, as above
+        pass
+
+
+@contextlib.contextmanager
+def _recording_schema_host() -> Iterator[tuple[str, list[str]]]:
+    """A real HTTP server that serves `{"type": "string"}` for any path and records every request: (base URL, paths)."""
+    hits: list[str] = []
+
+    class Record(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            hits.append(self.path)
+            body = b'{"type": "string"}'
+            self.send_response(200)
+            self.send_header("content-type", "application/schema+json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Record)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", hits
+    finally:
+        server.shutdown()
+
+
+def test_an_external_ref_is_never_fetched() -> None:
+    """A tool schema naming a remote `$ref` (an upstream's to choose) makes the gateway request nothing: the
+    schema counts as broken for that instance, which never blocks a call; no Rust validator is built for it."""
+    with _recording_schema_host() as (base, hits):
+        schema = {"type": "object", "properties": {"a": {"$ref": f"{base}/s.json"}}}
+        assert fast_validator(schema) is None
+        assert first_error(schema, {"b": 1}) is None  # nothing to resolve for this instance
+        assert first_error(schema, {"a": 1}) is None  # unresolvable, not fetched: the call goes on
+        assert hits == []
+
+
+def test_structured_output_checked_on_the_direct_channel_without_fetching() -> None:
+    """The direct channel's output check (as the SDK client's): a fit passes, a misfit is worded by jsonschema,
+    and an output schema with a remote `$ref` is refused as an invalid schema, with nothing fetched."""
+    import mcp_types as types
+    from mcp.shared.exceptions import MCPError
+
+    from mcp_hub.upstreams.direct import DirectChannel
+
+    with _recording_schema_host() as (base, hits):
+        channel = DirectChannel(None, {}, "2026-07-28", headers={}, credentials=None)  # type: ignore[arg-type]
+        channel.learn([
+            types.Tool(name="sum", input_schema={"type": "object"}, output_schema={
+                "type": "object", "properties": {"total": {"type": "integer"}}, "required": ["total"]}),
+            types.Tool(name="remote", input_schema={"type": "object"}, output_schema={
+                "type": "object", "properties": {"a": {"$ref": f"{base}/out.json"}}}),
+        ])
+        channel.check_output("sum", {"content": [], "structuredContent": {"total": 3}})
+        with pytest.raises(MCPError, match="Invalid structured content returned by tool sum: 'total' is a required"):
+            channel.check_output("sum", {"content": [], "structuredContent": {}})
+        with pytest.raises(MCPError, match="Invalid schema for tool remote"):
+            channel.check_output("remote", {"content": [], "structuredContent": {"a": 1}})
+        assert hits == []

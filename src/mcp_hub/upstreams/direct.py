@@ -34,6 +34,7 @@ from mcp.shared.inbound import (
 )
 
 from mcp_hub import __version__
+from mcp_hub.catalog.schemas import fast_validator, python_validator
 from mcp_hub.upstreams.base import Notify
 from mcp_hub.upstreams.wire import Pool, Response, WireError
 
@@ -72,7 +73,7 @@ class DirectChannel:
         self._ids = itertools.count(1)
         self._header_maps: dict[str, dict[tuple[str, ...], str]] = {}
         self._schemas: dict[str, dict[str, Any]] = {}
-        self._validators: dict[str, Any] = {}
+        self._validators: dict[str, tuple[Any, Any]] = {}  # tool -> (Python validator, Rust validator or None)
 
     def learn(self, tools: list[types.Tool]) -> None:
         """Take in the upstream's (re)listed tools: header annotations and output schemas."""
@@ -201,18 +202,26 @@ class DirectChannel:
         schema = self._schemas.get(name)
         if schema is None:
             return
-        validator = self._validators.get(name)
-        if validator is None:
+        pair = self._validators.get(name)
+        if pair is None:
             try:
-                cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-                validator = self._validators[name] = cls(schema)
+                pair = self._validators[name] = (python_validator(schema), fast_validator(schema))
             except Exception as exc:  # noqa: BLE001 - a broken schema is the upstream's fault, said so
                 raise MCPError(code=types.INTERNAL_ERROR, message=f"Invalid schema for tool {name}: {exc}") from None
         if "structuredContent" not in result:
             raise MCPError(
                 code=types.INTERNAL_ERROR, message=f"Tool {name} has an output schema but did not return structured content"
             )
-        error = jsonschema.exceptions.best_match(validator.iter_errors(result["structuredContent"]))
+        validator, fast = pair
+        try:  # the Rust validator says "fits" at a fraction of the cost (catalog/schemas.py); Python words a misfit
+            if fast is not None and fast.is_valid(result["structuredContent"]):
+                return
+        except Exception:  # noqa: BLE001,S110 - a value it cannot take: the Python validator decides
+            pass
+        try:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(result["structuredContent"]))
+        except Exception as exc:  # noqa: BLE001 - e.g. a `$ref` it may not fetch: the schema is broken, said so
+            raise MCPError(code=types.INTERNAL_ERROR, message=f"Invalid schema for tool {name}: {exc}") from None
         if error is not None:
             raise MCPError(
                 code=types.INTERNAL_ERROR, message=f"Invalid structured content returned by tool {name}: {error.message}"
