@@ -399,36 +399,3 @@ async def test_two_gateways_on_one_redis_keep_a_group_budget(tmp_path: Path) -> 
     # or (the second of two in a row) what was left.
     assert 1 <= len(ok) <= 2, ok
     assert charged <= max(LIMIT, 2 * one_call) < 2 * LIMIT, (charged, ok)
-
-
-# -- settlements written with the next admission ------------------------------------------------------
-
-
-async def test_a_deferred_command_goes_out_with_the_next_urgent_one_in_order(redis_url: str) -> None:
-    """resp.py's `defer`: a settlement waits (here up to 2 s) for the next admission and is written with it,
-    ahead of it; alone, it is written once its delay is over."""
-    from mcp_hub.metering.resp import RespClient, encode_head
-
-    key = f"deferred-{next(_names)}"
-    client = RespClient(redis_url, timeout=5.0)
-    helper = aioredis.from_url(redis_url)
-    try:
-        await client.call("PING")
-        await helper.ping()
-        async with _Monitor(redis_url) as monitor:
-            started = asyncio.get_running_loop().time()
-            deferred = asyncio.ensure_future(client.send(encode_head(2, ("INCR", key)), defer=2.0))
-            await asyncio.sleep(0.05)
-            assert not deferred.done()  # still waiting for company
-            seen = await client.call("GET", key)  # urgent: takes the deferred one with it, first
-            assert await deferred == 1
-            assert seen == b"1"
-            assert asyncio.get_running_loop().time() - started < 1.0
-            await helper.echo("together")
-            assert await monitor.commands_until("together") == ["INCR", "GET"]
-            alone_started = asyncio.get_running_loop().time()
-            assert await client.send(encode_head(2, ("INCR", key)), defer=0.3) == 2
-            assert asyncio.get_running_loop().time() - alone_started >= 0.25
-    finally:
-        client.close()
-        await helper.aclose()

@@ -528,12 +528,6 @@ return out
 """
 
 
-# How long a settle or release may wait to be written with the next admission (resp.py, `defer`): under load the
-# next call's admission comes within milliseconds, and both go in one write that Redis reads at once. Its caller
-# has its answer already; a hold it frees stays counted that much longer, so admission is only more careful.
-SETTLE_DEFER = 0.005
-
-
 class RedisLedger:
     """Counters in Redis, every operation one `EVALSHA` of one Lua script (one round trip, atomic).
 
@@ -571,12 +565,12 @@ class RedisLedger:
         return found
 
     async def _run(self, op: str, call_id: str, lines: Sequence[Line], amounts: Sequence[int],
-                   held: Sequence[int] | None = None, *, defer: float = 0.0) -> list[int]:
+                   held: Sequence[int] | None = None) -> list[int]:
         head, after_script = self._head(lines)
         tail = (op, call_id, *amounts, *(held if held is not None else [0] * len(lines)))
         try:
             try:
-                reply = await self._client.send(head + encode_args(tail), defer=defer)
+                reply = await self._client.send(head + encode_args(tail))
             except RespError as exc:
                 if exc.code != "NOSCRIPT":
                     raise
@@ -593,10 +587,10 @@ class RedisLedger:
 
     async def settle(self, call_id: str, lines: Sequence[Line], charges: Sequence[int],
                      held: Sequence[int]) -> list[State]:
-        return _unpack(await self._run("s", call_id, lines, charges, held, defer=SETTLE_DEFER))[0]
+        return _unpack(await self._run("s", call_id, lines, charges, held))[0]
 
     async def release(self, call_id: str, lines: Sequence[Line], held: Sequence[int]) -> None:
-        await self._run("r", call_id, lines, [0] * len(lines), held, defer=SETTLE_DEFER)
+        await self._run("r", call_id, lines, [0] * len(lines), held)
 
     async def peek(self, lines: Sequence[Line]) -> list[State]:
         return _unpack(await self._run("p", "-", lines, [0] * len(lines)))[0]

@@ -105,10 +105,6 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.lost: BaseException | None = None
         self.pending: list[bytes] = []  # written together once this turn of the event loop ends
-        # The write of `pending` that is due: at the end of this turn of the loop, or later for deferred commands
-        # only (`deferred`); an urgent command brings a deferred write forward.
-        self.due: asyncio.Handle | None = None
-        self.deferred = False
         # One timer for every command in flight (not one per command): it fires when the oldest unanswered
         # command is due, fails those past their time, and is set again for the next one.
         self.watchdog: asyncio.TimerHandle | None = None
@@ -129,20 +125,8 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(TimeoutError("Redis did not answer in time"))
 
-    def schedule(self, loop: asyncio.AbstractEventLoop, defer: float) -> None:
-        """Have `pending` written: at the end of this turn of the loop, or after `defer` seconds unless an
-        urgent command comes first."""
-        if self.due is None:
-            self.deferred = defer > 0
-            self.due = loop.call_later(defer, self.flush) if self.deferred else loop.call_soon(self.flush)
-        elif self.deferred and defer <= 0:
-            self.due.cancel()
-            self.deferred = False
-            self.due = loop.call_soon(self.flush)
-
     def flush(self) -> None:
         """Write the commands of this turn of the event loop at once: one send for many calls in flight."""
-        self.due = None
         pending, self.pending = self.pending, []
         if self.transport is not None and self.lost is None:
             self.transport.write(b"".join(pending))
@@ -214,10 +198,8 @@ class RespClient:
         come in time, ConnectionError/OSError when the connection fails. Never re-sent."""
         return await self.send(_encode(args))
 
-    async def send(self, command: bytes, *, defer: float = 0.0) -> Any:
-        """`call` with the command already encoded. `defer` > 0: the command may wait that many seconds to be
-        written together with the next urgent one (one system call, and one read by Redis, for both); it is
-        never re-sent or reordered after the commands already pending."""
+    async def send(self, command: bytes) -> Any:
+        """`call` with the command already encoded."""
         protocol = self._protocol
         if protocol is None or protocol.lost is not None or self._loop is not asyncio.get_running_loop():
             protocol = await self._connect()
@@ -229,8 +211,9 @@ class RespClient:
         future: asyncio.Future[Any] = loop.create_future()
         sent = time.monotonic()
         protocol.waiting.append((future, sent))
+        if not protocol.pending:
+            loop.call_soon(protocol.flush)
         protocol.pending.append(command)
-        protocol.schedule(loop, defer)
         protocol.watch(loop, sent + self.timeout, self.timeout)
         return await future
 
