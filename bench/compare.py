@@ -86,11 +86,11 @@ async def load(
             await client.list_tools()
             await client.call_tool(tool, {"text": payload})  # why: warm the path before measuring
         deadline = time.perf_counter() + seconds
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         async with anyio.create_task_group() as tg:
             for client in clients:
                 tg.start_soon(worker, client)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     latencies.sort()
     n = len(latencies)
     return {
@@ -100,6 +100,8 @@ async def load(
         "p99": latencies[max(int(n * 0.99) - 1, 0)] * 1000 if n else float("nan"),
         "errors": len(errors),
         "first_error": errors[0] if errors else "",
+        # this process's CPU per call while the calls ran (sessions opened before and closed after not counted)
+        "loadgen_cpu": cpu * 1000 / n if n else float("nan"),
     }
 
 

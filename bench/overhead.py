@@ -134,7 +134,7 @@ def main() -> None:
         if args.baseline is not None:
             targets["baseline"] = (f"http://127.0.0.1:{base_port}/mcp", "up__echo", gateways[base_port].pid)
         results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload, args.mode),
-                          args.rounds, args.concurrency)
+                          args.rounds, args.concurrency, upstream.pid)
         print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
               f"{args.upstream_protocol}, upstream answers {args.upstream_answers}, "
               f"{args.rounds} interleaved rounds of {args.seconds:g}s, load {os.getloadavg()[0]:.2f}")
@@ -303,9 +303,12 @@ def policy_main(args: argparse.Namespace) -> None:
         stats_before = {name: _commandstats(redis[name][1]) for name in policy_targets}
         redis_cpu = {name: cpu_seconds(redis[name][2].pid) for name in policy_targets}
         started = time.monotonic()
-        results = measure(targets, run, args.rounds, args.concurrency)
+        results = measure(targets, run, args.rounds, args.concurrency, upstream.pid)
         elapsed = time.monotonic() - started
         redis_cpu = {name: cpu_seconds(redis[name][2].pid) - redis_cpu[name] for name in policy_targets}
+        redis_per_call = {
+            name: redis_cpu[name] * 1000 / max(sum(r["calls"] + c for (n, c), rs in results.items() if n == name for r in rs), 1)
+            for name in policy_targets}
         stats_after = {name: _commandstats(redis[name][1]) for name in policy_targets}
 
         print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
@@ -323,6 +326,16 @@ def policy_main(args: argparse.Namespace) -> None:
                     line += (" (target >= 0.80)" if name == "mcp-hub/policy" else "")
                     line += f", /mcp-hub = {g['rate'] / plain['rate']:.2f}"
                 print(line + f"; added p50 = {g['p50'] - d['p50']:.2f} ms; cpu {g['cpu']:.2f} ms/call")
+        print()
+        print("CPU per call on the whole machine (2 cores; the load generator, one process, is bound by one): "
+              "load generator + upstream + gateway (+ redis-server)")
+        for c in args.concurrency:
+            for name in targets:
+                g = summary[(name, c)]
+                gateway = 0.0 if name == "direct" else g["cpu"]
+                total = g["client_cpu"] + g["upstream_cpu"] + gateway + redis_per_call.get(name, 0.0)
+                print(f"C={c} {name:<16} {g['client_cpu']:.2f} + {g['upstream_cpu']:.2f} + {gateway:.2f}"
+                      + (f" + {redis_per_call[name]:.2f}" if name in redis_per_call else "") + f" = {total:.2f} ms")
         print()
         for name in policy_targets:
             calls = sum(r["calls"] + c for (n, c), rounds in results.items() if n == name for r in rounds)
@@ -368,7 +381,7 @@ def tracing_main(args: argparse.Namespace) -> None:
         wait_for_port(sink_port, proc=sink)
         targets = gateway_targets(up_port, upstream, gateways)
         results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload, args.mode),
-                          args.rounds, args.concurrency)
+                          args.rounds, args.concurrency, upstream.pid)
         stop(gateways["mcp-hub/tracing"][0])  # its last batch is exported on the way out
         spans = httpx2.get(f"http://127.0.0.1:{sink_port}/count", timeout=5).json()
 
@@ -427,13 +440,14 @@ def print_table(results: dict[tuple[str, int], list[dict[str, Any]]], order: lis
     """One row per (target, concurrency), targets in `order`, with the first error of a target that had
     any; returns the aggregated figures."""
     print(f"{'target':<{width}}{'C':>4}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'cpu ms/call':>13}"
-          f"{'RSS MB':>9}")
+          f"{'RSS MB':>9}{'upstream cpu':>14}{'loadgen cpu':>13}")
     summary: dict[tuple[str, int], dict[str, float]] = {}
     for (name, c), rounds in sorted(results.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]))):
         agg = aggregate(rounds)
         summary[(name, c)] = agg
         print(f"{name:<{width}}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
-              f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}")
+              f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}{agg.get('upstream_cpu', float('nan')):>14.2f}"
+              f"{agg.get('client_cpu', float('nan')):>13.2f}")
         if agg["errors"]:
             print(f"   first error: {next(r['first_error'] for r in rounds if r['errors'])}")
     return summary
