@@ -26,7 +26,11 @@ compare like with like on a shared 2-core machine. Prints a table and the ratios
 
     .venv/bin/python bench/overhead.py [--seconds 5] [--rounds 2] [--payload 100] [--mode legacy|auto]
         [--upstream-protocol auto|legacy] [--upstream-answers json|sse] [--policy | --tracing]
-        [--baseline CHECKOUT]
+        [--load sdk|wrk] [--baseline CHECKOUT]
+With `--load wrk`, wrk replays the SDK clients' requests (a handshake-era session opened as they open it,
+then tools/call POSTs on C keep-alive connections; bench/wrkload.py) for about 0.1 ms of CPU per call
+instead of the SDK clients' 2.5-3.5 ms, so the ratios show the server side rather than a load generator
+that shares the two cores with what it measures.
 With `--tracing`, the targets are direct, mcp-hub (tracing off) and mcp-hub/tracing (every request traced,
 exported over OTLP/HTTP by the batch processor to a local receiver, bench/otlp_sink.py, which counts the
 spans); it prints the cost of tracing on per call (gateway CPU ms/call and the throughput ratio on/off) and,
@@ -60,6 +64,7 @@ from tests.support.processes import stop, wait_for_port  # noqa: E402
 from tests.support.tools import free_port  # noqa: E402
 
 import bench.compare  # noqa: E402
+import bench.wrkload  # noqa: E402
 from bench.compare import load  # noqa: E402
 from bench.proc import aggregate, cpu_seconds, measure, wait_gateway_ready  # noqa: E402
 from mcp_hub.auth.keys import new_api_key  # noqa: E402
@@ -78,6 +83,10 @@ def main() -> None:
                         "reconnects for every call made directly)")
     parser.add_argument("--upstream-protocol", choices=["auto", "legacy"], default="auto",
                         help="how the gateway speaks to the upstream: 2026-07-28 (auto) or a handshake-era session")
+    parser.add_argument("--load", choices=["sdk", "wrk"], default="sdk",
+                        help="the load generator: SDK clients (what Claude Code and VS Code are; they cost more CPU "
+                        "per call than what they measure, on the same cores) or wrk replaying their requests on "
+                        "one handshake-era session (bench/wrkload.py; needs wrk on PATH)")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also measure the gateway of another checkout (e.g. a git worktree of an earlier "
                         "commit), in the same interleaved run: target `baseline`")
@@ -133,9 +142,9 @@ def main() -> None:
         }
         if args.baseline is not None:
             targets["baseline"] = (f"http://127.0.0.1:{base_port}/mcp", "up__echo", gateways[base_port].pid)
-        results = measure(targets, lambda url, tool, c: anyio.run(load, url, tool, c, args.seconds, payload, args.mode),
+        results = measure(targets, lambda url, tool, c: _load(args, url, tool, c, payload),
                           args.rounds, args.concurrency, upstream.pid)
-        print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
+        print(f"tools/call echo, {args.payload}-byte payload, {_clients(args)}, upstream protocol "
               f"{args.upstream_protocol}, upstream answers {args.upstream_answers}, "
               f"{args.rounds} interleaved rounds of {args.seconds:g}s, load {os.getloadavg()[0]:.2f}")
         summary = print_table(results, list(targets), 12)
@@ -154,6 +163,18 @@ def main() -> None:
         for gateway in gateways.values():
             stop(gateway)
         stop(upstream)
+
+
+def _load(args: argparse.Namespace, url: str, tool: str, c: int, payload: str,
+          headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One measurement with the chosen load generator (`headers`: wrk's extra request headers)."""
+    if args.load == "wrk":
+        return bench.wrkload.load(url, tool, c, args.seconds, payload, headers)
+    return anyio.run(load, url, tool, c, args.seconds, payload, args.mode)
+
+
+def _clients(args: argparse.Namespace) -> str:
+    return "wrk on one handshake-era session" if args.load == "wrk" else f"{args.mode} SDK clients"
 
 
 # -- --policy ----------------------------------------------------------------------------------------
@@ -297,8 +318,10 @@ def policy_main(args: argparse.Namespace) -> None:
         keyed = {targets[name][0] for name in policy_targets}
 
         def run(url: str, tool: str, c: int) -> dict[str, Any]:
+            if args.load == "wrk":
+                return _load(args, url, tool, c, payload, {"authorization": f"Bearer {key}"} if url in keyed else None)
             with _sending_key(key) if url in keyed else contextlib.nullcontext():
-                return anyio.run(load, url, tool, c, args.seconds, payload, args.mode)
+                return _load(args, url, tool, c, payload)
 
         stats_before = {name: _commandstats(redis[name][1]) for name in policy_targets}
         redis_cpu = {name: cpu_seconds(redis[name][2].pid) for name in policy_targets}
@@ -311,7 +334,7 @@ def policy_main(args: argparse.Namespace) -> None:
             for name in policy_targets}
         stats_after = {name: _commandstats(redis[name][1]) for name in policy_targets}
 
-        print(f"tools/call echo, {args.payload}-byte payload, {args.mode} clients, upstream protocol "
+        print(f"tools/call echo, {args.payload}-byte payload, {_clients(args)}, upstream protocol "
               f"{args.upstream_protocol}, upstream answers {args.upstream_answers}, {args.rounds} interleaved rounds "
               f"of {args.seconds:g}s ({elapsed:.0f}s in all), load {os.getloadavg()[0]:.2f}")
         print("mcp-hub/policy: API key auth, deny-by-default ACL, 2 token budgets, 1 rate limit, costs, Redis storage")
@@ -327,7 +350,7 @@ def policy_main(args: argparse.Namespace) -> None:
                     line += f", /mcp-hub = {g['rate'] / plain['rate']:.2f}"
                 print(line + f"; added p50 = {g['p50'] - d['p50']:.2f} ms; cpu {g['cpu']:.2f} ms/call")
         print()
-        print("CPU per call on the whole machine (2 cores; the load generator, one process, is bound by one): "
+        print("CPU per call on the whole machine (2 cores; the load generator is one process): "
               "load generator + upstream + gateway (+ redis-server)")
         for c in args.concurrency:
             for name in targets:
