@@ -329,9 +329,10 @@ def policy_main(args: argparse.Namespace) -> None:
         results = measure(targets, run, args.rounds, args.concurrency, upstream.pid)
         elapsed = time.monotonic() - started
         redis_cpu = {name: cpu_seconds(redis[name][2].pid) - redis_cpu[name] for name in policy_targets}
-        redis_per_call = {
-            name: redis_cpu[name] * 1000 / max(sum(r["calls"] + c for (n, c), rs in results.items() if n == name for r in rs), 1)
-            for name in policy_targets}
+        # calls per policy target, the C warm-up calls of each measurement included (they reach Redis too)
+        calls_of = {name: sum(r["calls"] + c for (n, c), rounds in results.items() if n == name for r in rounds)
+                    for name in policy_targets}
+        redis_per_call = {name: redis_cpu[name] * 1000 / max(calls_of[name], 1) for name in policy_targets}
         stats_after = {name: _commandstats(redis[name][1]) for name in policy_targets}
 
         print(f"tools/call echo, {args.payload}-byte payload, {_clients(args)}, upstream protocol "
@@ -356,12 +357,12 @@ def policy_main(args: argparse.Namespace) -> None:
             for name in targets:
                 g = summary[(name, c)]
                 gateway = 0.0 if name == "direct" else g["cpu"]
-                total = g["client_cpu"] + g["upstream_cpu"] + gateway + redis_per_call.get(name, 0.0)
-                print(f"C={c} {name:<16} {g['client_cpu']:.2f} + {g['upstream_cpu']:.2f} + {gateway:.2f}"
+                total = g["loadgen_cpu"] + g["upstream_cpu"] + gateway + redis_per_call.get(name, 0.0)
+                print(f"C={c} {name:<16} {g['loadgen_cpu']:.2f} + {g['upstream_cpu']:.2f} + {gateway:.2f}"
                       + (f" + {redis_per_call[name]:.2f}" if name in redis_per_call else "") + f" = {total:.2f} ms")
         print()
         for name in policy_targets:
-            calls = sum(r["calls"] + c for (n, c), rounds in results.items() if n == name for r in rounds)
+            calls = calls_of[name]
             delta = {k: v - stats_before[name].get(k, 0) for k, v in stats_after[name].items()}
             scripts = delta.get("evalsha", 0) + delta.get("eval", 0)
             total = sum(v for k, v in delta.items() if k not in ("info", "config|resetstat"))
@@ -470,7 +471,7 @@ def print_table(results: dict[tuple[str, int], list[dict[str, Any]]], order: lis
         summary[(name, c)] = agg
         print(f"{name:<{width}}{c:>4}{agg['rate']:>10.0f}{agg['p50']:>9.2f}{agg['p99']:>9.2f}{agg['errors']:>8}"
               f"{agg['cpu']:>13.2f}{agg['rss']:>9.0f}{agg.get('upstream_cpu', float('nan')):>14.2f}"
-              f"{agg.get('client_cpu', float('nan')):>13.2f}")
+              f"{agg.get('loadgen_cpu', float('nan')):>13.2f}")
         if agg["errors"]:
             print(f"   first error: {next(r['first_error'] for r in rounds if r['errors'])}")
     return summary

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -41,11 +40,6 @@ def wait_gateway_ready(port: int, proc: Any, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def measure(
     targets: dict[str, tuple[str, str, int]],
     run: Callable[[str, str, int], dict[str, Any]],
@@ -54,19 +48,17 @@ def measure(
     upstream_pid: int | None = None,
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """Interleaved rounds: every target at every concurrency, `run(url, tool, C)` each time, with the
-    target process's CPU per call and RSS added to each result, and the CPU per call of the load
-    generator (this process) and of the upstream (`upstream_pid`)."""
+    target process's CPU per call and RSS added to each result, and the upstream's CPU per call
+    (`upstream_pid`). The load generator's own CPU per call is the load's (`loadgen_cpu`)."""
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for _ in range(rounds):
         for c in concurrency:
             for name, (url, tool, pid) in targets.items():
-                cpu0, own0 = cpu_seconds(pid), _own_cpu()
+                cpu0 = cpu_seconds(pid)
                 up0 = cpu_seconds(upstream_pid) if upstream_pid is not None else 0.0
                 r = run(url, tool, c)
                 calls = max(r["calls"], 1)
                 r["cpu_ms_per_call"] = (cpu_seconds(pid) - cpu0) * 1000 / calls
-                # the load's own figure for the timed window when it gives one (not opening and closing sessions)
-                r["client_cpu"] = r.get("loadgen_cpu", (_own_cpu() - own0) * 1000 / calls)
                 if upstream_pid is not None:
                     r["upstream_cpu"] = (cpu_seconds(upstream_pid) - up0) * 1000 / calls
                 r["rss"] = rss_mib(pid)
@@ -76,7 +68,7 @@ def measure(
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, float]:
     """One target's rounds at one concurrency: mean rate and CPU, median p50, worst p99, all errors, peak RSS."""
-    extra = {key: statistics.mean(r[key] for r in runs) for key in ("client_cpu", "upstream_cpu")
+    extra = {key: statistics.mean(r[key] for r in runs) for key in ("loadgen_cpu", "upstream_cpu")
              if all(key in r for r in runs)}
     return {
         **extra,

@@ -23,17 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+from tests.support.rpc import MCP_HEADERS, answer_of, initialize_request
 
-_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 _VERSION = "2025-11-25"
 
 
 def _session(url: str, extra: dict[str, str]) -> dict[str, str]:
     """Open a handshake-era session as the SDK client does; the headers its calls carry."""
-    headers = {**_HEADERS, **extra}
-    opened = httpx2.post(url, headers=headers, timeout=30, json={
-        "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": _VERSION, "capabilities": {}, "clientInfo": {"name": "wrk", "version": "1"}}})
+    headers = {**MCP_HEADERS, **extra}
+    opened = httpx2.post(url, headers=headers, timeout=30, json=initialize_request(_VERSION, "wrk"))
     opened.raise_for_status()
     headers = {**headers, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": _VERSION}
     httpx2.post(url, headers=headers, timeout=30,
@@ -54,21 +52,6 @@ def _script(headers: dict[str, str], tool: str, payload: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _answer_of(response: httpx2.Response) -> dict[str, Any]:
-    """The JSON-RPC message of a POST's answer, a JSON body or an SSE stream's last `data:` (the SDK's entry
-    answers SSE); {} when there is none."""
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
-        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
-        text = data[-1] if data else ""
-    else:
-        text = response.text
-    try:
-        message = json.loads(text)
-    except ValueError:
-        return {}
-    return message if isinstance(message, dict) else {}
-
-
 def _ms(out: str, percentile: int) -> float:
     """A latency percentile of wrk's `--latency` table, in ms (wrk writes 812.00us, 1.23ms, 2.01s, 1.50m)."""
     found = re.search(rf"^\s*{percentile}%\s+([\d.]+)(us|ms|s|m|h)\s*$", out, re.MULTILINE)
@@ -86,7 +69,10 @@ def load(url: str, tool: str, concurrency: int, seconds: float, payload: str,
     session = _session(url, headers or {})
     probe = httpx2.post(url, headers=session, timeout=30, json={
         "jsonrpc": "2.0", "id": "probe", "method": "tools/call", "params": {"name": tool, "arguments": {"text": payload}}})
-    answer = _answer_of(probe)
+    try:
+        answer = answer_of(probe, "probe")
+    except ValueError:
+        answer = {}
     if "result" not in answer or answer["result"].get("isError"):
         raise SystemExit(f"{url}: a call does not succeed, nothing to measure: {probe.text[:200]}")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
