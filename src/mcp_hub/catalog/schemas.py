@@ -82,12 +82,8 @@ class SchemaValidators:
         validator, fast = self._pair(schema)
         if validator is None:
             return None
-        if fast is not None:
-            try:
-                if fast.is_valid(instance):
-                    return None
-            except Exception:  # noqa: BLE001 - a value it cannot take (an integer past 64 bits): Python decides
-                pass
+        if surely_fits(fast, instance):
+            return None
         try:
             # Full walk (as the gateway always did), then the first by path: deterministic across runs.
             error = min(validator.iter_errors(instance), key=lambda e: list(e.absolute_path), default=None)
@@ -105,6 +101,7 @@ class SchemaValidators:
 
 
 def _refuse_retrieval(uri: str) -> Any:
+    """The retriever of both validators: a `$ref` outside the schema is never fetched."""
     raise referencing.exceptions.NoSuchResource(ref=uri)
 
 
@@ -128,18 +125,25 @@ def _compile(schema: Mapping[str, Any] | bool) -> Validator | None:
         return None
 
 
-def _no_retrieval(uri: str) -> Any:
-    raise ValueError(f"{uri}: schemas are never fetched")
-
-
 def fast_validator(schema: Mapping[str, Any] | bool) -> Any:
-    """The Rust validator of a schema (its `is_valid` answers whether an instance fits); None when it cannot be built (then the Python
-    validator checks every instance). Draft 2020-12 when the schema names none, formats not asserted, as
-    the Python validator; a `$ref` outside the schema is refused, never fetched."""
+    """The Rust validator of a schema (its `is_valid` answers whether an instance fits); None when it cannot be
+    built (then the Python validator checks every instance). Draft 2020-12 when the schema names none, formats
+    not asserted, as the Python validator; a `$ref` outside the schema is refused, never fetched."""
     try:
-        return jsonschema_rs.validator_for(schema, validate_formats=False, retriever=_no_retrieval)
+        return jsonschema_rs.validator_for(schema, validate_formats=False, retriever=_refuse_retrieval)
     except Exception:  # noqa: BLE001
         return None
+
+
+def surely_fits(fast: Any, instance: Any) -> bool:
+    """Whether the Rust validator `fast` (`fast_validator`) says `instance` fits. False when there is none, when
+    it says no, or when it cannot take the value (an integer past 64 bits): the Python validator decides then."""
+    if fast is None:
+        return False
+    try:
+        return bool(fast.is_valid(instance))
+    except Exception:  # noqa: BLE001
+        return False
 
 
 #: The process's cache, shared by the gateway and the upstreams.
