@@ -176,6 +176,11 @@ class McpUpstream(Upstream):
             return self
         if modern == (self.protocol_version in MODERN_PROTOCOL_VERSIONS):
             return self
+        twin = self._twin
+        if twin is not None and twin.state == UpstreamState.UP:  # every call but the first: no lock to take
+            return twin
+        if twin is None and anyio.current_time() < self._twin_retry_at:  # bridging until it is time to ask again
+            return self
         async with self._twin_lock:
             if self._twin is None and anyio.current_time() >= self._twin_retry_at:
                 era = "2026-07-28" if modern else "legacy"
