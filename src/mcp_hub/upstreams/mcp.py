@@ -8,6 +8,7 @@ the downstream peer of that call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -569,7 +570,9 @@ class McpUpstream(Upstream):
         timeout = ctx.timeout or self.config.call_timeout
         what = f"tools/call {name}"
         try:
-            with anyio.fail_after(timeout):
+            # asyncio's own timeout, not anyio.fail_after: the gateway runs on asyncio, and this is on every call
+            # (half the CPU of anyio's scope, whose cancellation it still honours: both cancel the task).
+            async with asyncio.timeout(timeout):
                 message = await channel.call(
                     name, arguments, meta, ctx.notify, headers=ctx.headers, extra_params=extra,
                     on_request=functools.partial(self._answer_for, ctx),
