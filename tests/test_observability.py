@@ -110,6 +110,39 @@ def test_audit_line_has_the_fields_and_its_own_logger(log: io.StringIO) -> None:
     assert second["uri"] == "file:///x" and second["tokens_in"] is None
 
 
+def test_audit_json_line_is_what_the_structlog_chain_renders() -> None:
+    """JSON audit lines skip structlog's bound logger (observability._AuditJson): same keys in the same order,
+    same values and redaction, the contextvars merged, an ISO UTC timestamp; only the time differs."""
+    from mcp_hub.metering import observability
+
+    fast, chain = io.StringIO(), io.StringIO()
+    configure_logging(json=True, stream=io.StringIO(), audit_stream=fast)
+    structlog.contextvars.bind_contextvars(request_id="r-7")
+    try:
+        event = {"consumer": Consumer("alice", ("dev", "ops")), "method": "tools/call", "tool": "gh__issue",
+                 "upstream": "gh", "decision": "allow", "rule": "groups.dev.tools.allow[0]", "tokens_in": 3,
+                 "tokens_out": 9, "cost": 0.25, "latency_ms": 1.5, "outcome": "error_result",
+                 "error": f"upstream said: Bearer {JWT} is not valid", "headers": {"Authorization": "Bearer xyz"}}
+        audit(event)
+        fields = dict.fromkeys(observability.AUDIT_FIELDS)
+        fields.update(event, consumer="alice", groups=["dev", "ops"])
+        structlog.wrap_logger(
+            observability._NamedWriteLogger(chain, observability.AUDIT_LOGGER),
+            processors=[*observability._shared_processors(),
+                        structlog.processors.JSONRenderer(serializer=observability._json_line)],
+            context_class=dict,
+        ).info("audit", **fields)
+    finally:
+        structlog.contextvars.clear_contextvars()
+        configure_logging(json=True, stream=io.StringIO())
+    ours, theirs = json.loads(fast.getvalue()), json.loads(chain.getvalue())
+    assert list(ours) == list(theirs)
+    assert {k: v for k, v in ours.items() if k != "timestamp"} == {k: v for k, v in theirs.items() if k != "timestamp"}
+    assert ours["request_id"] == "r-7" and ours["headers"]["Authorization"] == "[REDACTED]" and JWT not in ours["error"]
+    assert ours["timestamp"].endswith("Z") and ours["timestamp"][:16] == theirs["timestamp"][:16]
+    assert len(ours["timestamp"]) in (len("2026-12-02T14:27:01Z"), len("2026-12-02T14:27:01.012965Z"))
+
+
 def test_audit_goes_to_its_own_stream_at_any_level() -> None:
     main, trail = io.StringIO(), io.StringIO()
     configure_logging(json=True, stream=main, audit_stream=trail, level="ERROR")
