@@ -36,6 +36,7 @@ from mcp_hub.config.auth import AuthConfig
 from mcp_hub.core.hub import Gateway, build_upstreams
 from mcp_hub.tracing import start_tracing
 from mcp_hub.transport.app import build_app
+from mcp_hub.transport.coalesce import CoalescingHTTPProtocol
 from mcp_hub.transport.sdk_server import bind_servers
 from mcp_hub.upstreams.base import Upstream, UpstreamState
 from mcp_hub.upstreams.mcp import McpUpstream
@@ -260,7 +261,8 @@ def serve_http(gateway: Gateway, sock: socket.socket, ready: Callable[[], None])
     Raises what keeps the gateway from starting (e.g. `CollisionError`, maybe in an exception group).
     """
     app = build_app(gateway, extra_routes=extra_routes(gateway))
-    settings = uvicorn.Config(app, log_level="warning", lifespan="off")
+    # One send per answer (transport/coalesce.py).
+    settings = uvicorn.Config(app, log_level="warning", lifespan="off", http=CoalescingHTTPProtocol)
     server = GatewayServer(settings, app.router.lifespan_context(app), ready)
     try:
         with asyncio.Runner(loop_factory=settings.get_loop_factory()) as runner:
