@@ -321,6 +321,7 @@ class _AuditJson:
     def write(self, fields: dict[str, Any]) -> None:
         fields["event"] = "audit"
         structlog.contextvars.merge_contextvars(None, "info", fields)
+        structlog.processors.format_exc_info(None, "info", fields)
         redact_secrets(None, "info", fields)
         fields["logger"] = AUDIT_LOGGER
         fields["level"] = "info"
