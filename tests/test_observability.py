@@ -111,8 +111,10 @@ def test_audit_line_has_the_fields_and_its_own_logger(log: io.StringIO) -> None:
 
 
 def test_audit_json_line_is_what_the_structlog_chain_renders() -> None:
-    """JSON audit lines skip structlog's bound logger (observability._AuditJson): same keys in the same order,
-    same values and redaction, the contextvars merged, an ISO UTC timestamp; only the time differs."""
+    """Audit lines skip structlog's bound logger (observability._AuditLine), and every line's timestamp is the
+    gateway's own stamper: against structlog's bound logger with its own TimeStamper, the same keys in the same
+    order, the same values and redaction, the contextvars merged, the same timestamp format; only the time
+    differs."""
     from mcp_hub.metering import observability
 
     fast, chain = io.StringIO(), io.StringIO()
@@ -128,7 +130,9 @@ def test_audit_json_line_is_what_the_structlog_chain_renders() -> None:
         fields.update(event, consumer="alice", groups=["dev", "ops"])
         structlog.wrap_logger(
             observability._NamedWriteLogger(chain, observability.AUDIT_LOGGER),
-            processors=[*observability._shared_processors(),
+            processors=[*(structlog.processors.TimeStamper(fmt="iso", utc=True)
+                          if isinstance(p, observability._UtcStamp) else p
+                          for p in observability._shared_processors()),
                         structlog.processors.JSONRenderer(serializer=observability._json_line)],
             context_class=dict,
         ).info("audit", **fields)

@@ -184,8 +184,28 @@ def _shared_processors() -> list[Any]:
         # Added after redaction: known-safe values, and new every line (nothing to cache).
         structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _UtcStamp(),
     ]
+
+
+class _UtcStamp:
+    """structlog processor: `timestamp`, what `TimeStamper(fmt="iso", utc=True)` writes, with the date and time
+    formatted once a second (TimeStamper builds a datetime and formats all of it on every line; the audit line
+    of every call pays for it)."""
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")  # one tuple, replaced whole: lines come from several threads
+
+    def __call__(self, _logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        second, prefix = self._second
+        if int(now) != second:
+            second = int(now)
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, prefix)
+        micro = int((now - second) * 1_000_000)
+        event_dict["timestamp"] = f"{prefix}.{micro:06d}Z" if micro else f"{prefix}Z"
+        return event_dict
 
 
 # One encoder for every line: json.dumps(default=...) builds a new one per call.
@@ -220,7 +240,7 @@ def configure_logging(
     Audit lines go to `audit_stream` (default: `stream`) at any `level`. Calling it again
     replaces the previous configuration.
     """
-    global _handler, _audit_log, _audit_json
+    global _handler, _audit_line
     out = stream if stream is not None else sys.stderr
     if json is None:
         json = not (hasattr(out, "isatty") and out.isatty())
@@ -254,14 +274,8 @@ def configure_logging(
             # Loggers made before a reconfiguration must follow it (tests, `serve --log-json`).
             cache_logger_on_first_use=False,
         )
-        audit_out = audit_stream if audit_stream is not None else out
-        _audit_log = structlog.wrap_logger(
-            _NamedWriteLogger(audit_out, AUDIT_LOGGER),
-            processors=[*shared, renderer],
-            wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-            context_class=dict,
-        ).bind()  # the concrete logger, not a lazy proxy that rebinds on every line
-        _audit_json = _AuditJson(audit_out) if json else None
+        _audit_line = _AuditLine(_NamedWriteLogger(audit_stream if audit_stream is not None else out, AUDIT_LOGGER),
+                                 [*shared, renderer])
 
 
 # -- audit -------------------------------------------------------------------------------------
@@ -271,8 +285,7 @@ AUDIT_FIELDS = (
     "consumer", "groups", "method", "upstream", "decision", "rule",
     "tokens_in", "tokens_out", "cost", "latency_ms", "outcome", "error",
 )
-_audit_log: Any = None
-_audit_json: _AuditJson | None = None  # JSON lines (configure_logging's `json`)
+_audit_line: _AuditLine | None = None
 
 
 def audit(event: Mapping[str, Any]) -> None:
@@ -283,8 +296,9 @@ def audit(event: Mapping[str, Any]) -> None:
     `consumer` may be a `Consumer`; its name and groups are used. Secrets are redacted.
     Configures logging with defaults if nobody did.
     """
-    if _audit_log is None:
+    if _audit_line is None:
         configure_logging()
+        assert _audit_line is not None
     fields: dict[str, Any] = dict.fromkeys(AUDIT_FIELDS)
     fields.update(event)
     consumer = fields.get("consumer")
@@ -293,41 +307,25 @@ def audit(event: Mapping[str, Any]) -> None:
         if fields.get("groups") is None:
             fields["groups"] = list(consumer.group_key)
     fields.pop("event", None)  # structlog's message key
-    if _audit_json is not None:
-        _audit_json.write(fields)
-    else:
-        _audit_log.info("audit", **fields)
+    _audit_line.write(fields)
 
 
-class _AuditJson:
-    """An audit line in JSON, as the structlog chain of `configure_logging` renders it (the same processors, in
-    the same order, so the same keys and redaction), without the bound logger's dispatch around them: one line
-    per call is on the call path, and the dispatch and the ISO timestamp cost as much as the rest of the line."""
+class _AuditLine:
+    """The audit logger: the processors of `configure_logging`'s chain run over the line, and the rendered
+    line written, as structlog's bound logger does (the line is always at INFO, the level audit lines have
+    whatever the log level), without the dispatch around it, which cost as much as the processors: one line
+    per call is on the call path."""
 
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self._second = -1
-        self._prefix = ""
-
-    def _timestamp(self) -> str:
-        """What `TimeStamper(fmt="iso", utc=True)` writes, with the date and time formatted once a second."""
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        micro = int((now - second) * 1_000_000)
-        return f"{self._prefix}.{micro:06d}Z" if micro else f"{self._prefix}Z"
+    def __init__(self, logger: _NamedWriteLogger, processors: list[Any]) -> None:
+        self.logger = logger
+        self.processors = processors
 
     def write(self, fields: dict[str, Any]) -> None:
         fields["event"] = "audit"
-        structlog.contextvars.merge_contextvars(None, "info", fields)
-        structlog.processors.format_exc_info(None, "info", fields)
-        redact_secrets(None, "info", fields)
-        fields["logger"] = AUDIT_LOGGER
-        fields["level"] = "info"
-        fields["timestamp"] = self._timestamp()
-        self.stream.write(_ENCODER.encode(fields) + "\n")
-        self.stream.flush()
+        line: Any = fields
+        for processor in self.processors:
+            line = processor(self.logger, "info", line)
+        self.logger.msg(line)
 
 
 # -- metrics -----------------------------------------------------------------------------------
