@@ -16,7 +16,6 @@ import json
 import socket
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,7 +120,7 @@ class _Counting:
         return getattr(self.transport, name)
 
 
-async def test_writes_of_one_turn_leave_together_and_close_sends_them_first(tmp_path: Path) -> None:
+async def test_writes_of_one_turn_leave_together_and_close_sends_them_first() -> None:
     loop = asyncio.get_running_loop()
     made: asyncio.Future[CoalescingTransport] = loop.create_future()
     counted: list[_Counting] = []

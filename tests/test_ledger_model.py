@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from mcp_hub.config.policy import PolicyConfig
 from mcp_hub.metering.budgets import Budgets
-from mcp_hub.metering.ledger import Line, MemoryLedger, RedisLedger, State, ledger_for, make_line
+from mcp_hub.metering.ledger import Line, MemoryLedger, RedisLedger, State, make_line
 from tests.support.processes import redis_server
 
 STRATEGIES = ("fixed-window", "sliding-window-counter", "moving-window")
@@ -35,7 +35,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _redis_ledger(url: str) -> RedisLedger:
-    ledger = ledger_for(Budgets(PolicyConfig.model_validate({"storage": url})).storage)
+    ledger = Budgets(PolicyConfig.model_validate({"storage": url})).ledger
     assert isinstance(ledger, RedisLedger)
     return ledger
 
